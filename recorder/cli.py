@@ -1,0 +1,153 @@
+"""The `recorder` command line: thin typer commands over library functions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from recorder import exchanges
+from recorder.errors import RecorderError
+from recorder.model import CHANNELS
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Record exchange market data into Parquet, query it with DuckDB, build candles.",
+)
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _channels(value: str) -> tuple[str, ...]:
+    chosen = tuple(c.strip().lower() for c in value.split(",") if c.strip())
+    bad = [c for c in chosen if c not in CHANNELS]
+    if bad or not chosen:
+        fail(f"unknown channel(s) {', '.join(bad) or '(none)'}; choose from {', '.join(CHANNELS)}")
+    return chosen
+
+
+@app.command()
+def run(
+    exchange: str = typer.Argument(..., help=f"one of: {', '.join(exchanges.names())}"),
+    symbols: list[str] = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where Parquet goes"),
+    channels: str = typer.Option("trades,book", "--channels", help="comma list of trades,book"),
+    duration: float | None = typer.Option(None, "--duration", help="stop cleanly after this many seconds"),
+    sim: bool = typer.Option(False, "--sim", help="record from the built-in simulator on 127.0.0.1"),
+    ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
+    rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
+    flush_interval: float = typer.Option(60.0, "--flush-interval", help="publish files at least this often (s)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no live status"),
+) -> None:
+    """Record trades and the exact order book of SYMBOLS on EXCHANGE."""
+    from recorder.collector import Options
+    from recorder.runner import record
+
+    opts = Options(
+        data_dir=data_dir,
+        channels=_channels(channels),
+        duration=duration,
+        ws_url=ws_url,
+        rest_url=rest_url,
+        flush_interval=flush_interval,
+    )
+    _guard(lambda: asyncio.run(record(exchange, symbols, opts, sim=sim, status=not quiet)))
+
+
+@app.command()
+def simulate(
+    exchange: str = typer.Argument("bitmart"),
+    port: int = typer.Option(8765, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    seed: int = typer.Option(0, "--seed"),
+    rate: float = typer.Option(50.0, "--rate", help="market events per second (0 = full speed)"),
+    symbols: int = typer.Option(0, "--symbols", help="add this many synthetic symbols"),
+) -> None:
+    """Run an exchange simulator standalone (prints its ws and rest URLs)."""
+    from recorder.runner import simulate_forever
+
+    _guard(lambda: asyncio.run(simulate_forever(exchange, host, port, seed, rate, symbols)))
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="DuckDB SQL over the views trades, book_updates, ..."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir"),
+    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    limit: int = typer.Option(1000, "--max-rows", help="rows shown in table format"),
+) -> None:
+    """Run DuckDB SQL over the data dir's views."""
+    from recorder.runner import run_sql
+
+    if fmt not in ("table", "csv", "json"):
+        fail("--format must be table, csv or json")
+    _guard(lambda: run_sql(query, data_dir, fmt, limit))
+
+
+@app.command()
+def compact(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir"),
+    table: list[str] = typer.Option([], "--table", help="only these tables (repeatable)"),
+    date: str | None = typer.Option(None, "--date", help="only this UTC date (YYYY-MM-DD)"),
+    include_today: bool = typer.Option(False, "--include-today", help="also compact today's (unfinished) date"),
+) -> None:
+    """Merge a finished date's small files into one file per partition (≥100k-row groups)."""
+    from recorder.storage.compact import compact_data_dir
+
+    def go() -> None:
+        res = compact_data_dir(data_dir, tables=table or None, date=date, include_today=include_today)
+        err.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows")
+
+    _guard(go)
+
+
+try:  # the candles sub-app (issue 4)
+    from recorder.candles.cli import app as candles_app
+
+    app.add_typer(candles_app, name="candles", help="build / backfill / verify candles")
+except ImportError:  # pragma: no cover - during development only
+    pass
+
+
+def _guard(fn) -> None:
+    """Run a command body: bad input is one clear line and a non-zero exit, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        fn()
+    except RecorderError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - last line of defence for the user's terminal
+        if "--debug" in sys.argv:
+            raise
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+
+
+def install_signal_handlers(stop) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

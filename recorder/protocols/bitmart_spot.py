@@ -1,0 +1,189 @@
+"""BitMart spot WS v3 + REST v3, sans-I/O: frames in, normalized messages out; no sockets, no clock.
+
+Market-data pushes are BINARY frames, each an independent raw-deflate stream; acks, errors and
+`pong` are TEXT. See ../shared/protocols/bitmart.md §1-§3.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+
+from recorder.model import (
+    BOOK,
+    TRADES,
+    Ack,
+    BookMessage,
+    Message,
+    Pong,
+    ProtocolError,
+    TradeBatch,
+)
+
+NAME = "bitmart"
+WS_URL = "wss://ws-manager-compress.bitmart.com/api?protocol=1.1"
+REST_URL = "https://api-cloud.bitmart.com"
+MARKETS_PATH = "/spot/v1/symbols/details"
+
+TRADE_CHANNEL = "spot/trade"
+BOOK_CHANNEL = "spot/depth/increase100"
+CHANNEL_OF = {TRADES: TRADE_CHANNEL, BOOK: BOOK_CHANNEL}
+
+# Documented limits (§1.5). The send budget keeps a margin under the 100 messages / 10 s cap.
+MAX_TOPICS_PER_MESSAGE = 20
+MAX_TOPICS_PER_CONNECTION = 115
+MAX_SUBSCRIBE_BYTES = 4096
+SEND_BUDGET = (80, 10.0)  # messages, seconds
+PING_INTERVAL = 10.0  # the server closes after 20 s without traffic
+MAX_INFLATED_BYTES = 8 * 1024 * 1024  # deflate-bomb cap: no real push comes near this
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # larger frames are refused by the websocket layer
+CONNECT_BUDGET = (30, 60.0)  # connection attempts per minute per IP
+
+PING = "ping"
+
+
+def topic(channel: str, wire_symbol: str) -> str:
+    return f"{CHANNEL_OF[channel]}:{wire_symbol}"
+
+
+def split_topic(t: str) -> tuple[str, str]:
+    """`spot/trade:BTC_USDT` -> ('trades', 'BTC_USDT')."""
+    chan, _, sym = t.rpartition(":")
+    for ours, theirs in CHANNEL_OF.items():
+        if theirs == chan:
+            return ours, sym
+    return chan, sym
+
+
+def subscribe_messages(topics: list[str], op: str = "subscribe") -> list[str]:
+    """Requests for `topics`, at most 20 per message and under the 4096-byte payload cap."""
+    out: list[str] = []
+    chunk: list[str] = []
+    for t in topics:
+        if chunk and (
+            len(chunk) == MAX_TOPICS_PER_MESSAGE
+            or len(_request(op, [*chunk, t])) > MAX_SUBSCRIBE_BYTES
+        ):
+            out.append(_request(op, chunk))
+            chunk = []
+        chunk.append(t)
+    if chunk:
+        out.append(_request(op, chunk))
+    return out
+
+
+def snapshot_request(t: str) -> str:
+    return _request("request", [t])
+
+
+def _request(op: str, args: list[str]) -> str:
+    return orjson.dumps({"op": op, "args": args}).decode()
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+
+def inflate(data: bytes) -> bytes:
+    """One frame = one independent raw-deflate stream. Raises ValueError past the size cap."""
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = d.decompress(data, MAX_INFLATED_BYTES)
+    if d.unconsumed_tail:
+        raise ValueError(f"frame inflates past {MAX_INFLATED_BYTES} bytes (deflate bomb?)")
+    return out + d.flush()
+
+
+def parse_frame(frame: bytes | str) -> list[Message]:
+    """Decode one websocket frame into messages. Never raises: bad input becomes ProtocolError."""
+    try:
+        if isinstance(frame, bytes | bytearray | memoryview):
+            raw = inflate(bytes(frame))
+        else:
+            if frame == "pong":
+                return [Pong()]
+            raw = frame
+        doc = orjson.loads(raw)
+    except (zlib.error, ValueError, orjson.JSONDecodeError) as exc:
+        return [ProtocolError(f"undecodable frame: {exc}", code="decode")]
+    try:
+        return parse_message(doc)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        return [ProtocolError(f"malformed message: {type(exc).__name__}: {exc}: {_clip(raw)}", code="parse")]
+
+
+def _clip(raw: bytes | str, n: int = 200) -> str:
+    s = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def parse_message(doc: dict) -> list[Message]:
+    table = doc.get("table")
+    if table == BOOK_CHANNEL:
+        return [_book(item) for item in doc["data"]]
+    if table == TRADE_CHANNEL:
+        return _trades(doc["data"])
+    if "errorCode" in doc:
+        return [
+            ProtocolError(
+                str(doc.get("errorMessage", "")), code=str(doc["errorCode"]), topic=_error_topic(doc)
+            )
+        ]
+    event = doc.get("event")
+    if event in ("subscribe", "unsubscribe") and "topic" in doc:
+        return [Ack(doc["topic"], event)]
+    if table is not None:
+        return []  # a channel we did not ask for: ignore
+    return [ProtocolError(f"unexpected message: {_clip(orjson.dumps(doc))}", code="unexpected")]
+
+
+def _error_topic(doc: dict) -> str | None:
+    t = doc.get("topic")
+    return t if isinstance(t, str) else None
+
+
+def _levels(rows: list) -> list[tuple[float, float]]:
+    return [(float(p), float(q)) for p, q in rows]
+
+
+def _book(item: dict) -> BookMessage:
+    return BookMessage(
+        symbol=item["symbol"],
+        seq=int(item["version"]),
+        is_snapshot=item["type"] == "snapshot",
+        ts=int(item["ms_t"]) * 1000,
+        bids=_levels(item["bids"]),
+        asks=_levels(item["asks"]),
+    )
+
+
+def _trades(data: list) -> list[Message]:
+    by_symbol: dict[str, TradeBatch] = {}
+    for t in data:
+        ts = int(t["ms_t"]) * 1000 if "ms_t" in t else int(t["s_t"]) * 1_000_000
+        side = t["side"]
+        if side not in ("buy", "sell"):
+            raise ValueError(f"trade side {side!r}")
+        batch = by_symbol.get(t["symbol"])
+        if batch is None:
+            batch = by_symbol[t["symbol"]] = TradeBatch(t["symbol"], [])
+        batch.trades.append((ts, None, side, float(t["price"]), float(t["size"])))
+    return list(by_symbol.values())
+
+
+# ----------------------------------------------------------------------------------------- REST
+
+
+def parse_markets(doc: dict) -> dict[str, str]:
+    """`/spot/v1/symbols/details` -> {'BTC-USDT': 'BTC_USDT'} for symbols that are trading."""
+    _check_envelope(doc)
+    out: dict[str, str] = {}
+    for s in doc["data"]["symbols"]:
+        if s.get("trade_status", "trading") != "trading":
+            continue
+        out[f"{s['base_currency']}-{s['quote_currency']}".upper()] = s["symbol"]
+    return out
+
+
+def _check_envelope(doc: dict) -> None:
+    if str(doc.get("code")) != "1000":
+        raise ValueError(f"exchange error {doc.get('code')}: {doc.get('message')}")

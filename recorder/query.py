@@ -1,0 +1,94 @@
+"""DuckDB over the data dir: one view per table, plus `coverage` derived from `events`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from recorder.model import SCHEMAS
+
+HIVE_TYPES = "{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}"
+
+# When does a stream become valid, and what ends validity. Trades are valid from the subscription
+# ack; a book only from the snapshot that (re)starts it, which the recorder logs as `resync`.
+# An `error` on the trade stream (an undecodable frame may have carried trades) splits the
+# interval at that instant; on the book it invalidates until the next resync.
+COVERAGE_SQL = """
+CREATE OR REPLACE VIEW coverage AS
+WITH marks AS (
+    SELECT exchange, symbol, channel, ts, event, detail, 0 AS ord,
+           CASE WHEN (channel = 'trades' AND event = 'subscribed')
+                  OR (channel = 'book' AND event = 'resync') THEN 1
+                WHEN event IN ('connect', 'disconnect', 'gap', 'error', 'stop') THEN 0 END AS up
+    FROM events
+    UNION ALL
+    SELECT exchange, symbol, channel, ts, 'continue', detail, 1, 1
+    FROM events WHERE channel = 'trades' AND event = 'error'
+),
+changes AS (
+    SELECT *, lag(up) OVER w AS prev_up, lead(ts) OVER w AS next_ts, lead(event) OVER w AS next_event,
+              lead(detail) OVER w AS next_detail
+    FROM (
+        SELECT *, lag(up) OVER (PARTITION BY exchange, symbol, channel ORDER BY ts, ord) AS p
+        FROM marks WHERE up IS NOT NULL
+    ) WHERE p IS DISTINCT FROM up
+    WINDOW w AS (PARTITION BY exchange, symbol, channel ORDER BY ts, ord)
+)
+SELECT exchange, symbol, channel,
+       ts AS start_ts,
+       next_ts AS end_ts,
+       event AS start_event,
+       coalesce(next_event, 'open') AS end_event,
+       next_detail AS end_detail
+FROM changes WHERE up = 1
+"""
+
+
+def _empty_select(table: str) -> str:
+    cols = []
+    for f in SCHEMAS[table]:
+        cols.append(f"CAST(NULL AS {_duck_type(f.type)}) AS \"{f.name}\"")
+    cols += ["CAST(NULL AS VARCHAR) AS exchange", "CAST(NULL AS VARCHAR) AS symbol", "CAST(NULL AS DATE) AS date"]
+    return "SELECT " + ", ".join(cols) + " WHERE false"
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_list(t):
+        return "STRUCT(price DOUBLE, amount DOUBLE)[]"
+    return "VARCHAR"
+
+
+def table_glob(data_dir: str | Path, table: str) -> str:
+    return str(Path(data_dir) / table / "*" / "*" / "*" / "*.parquet")
+
+
+def create_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
+    for table in SCHEMAS:
+        has_files = any((Path(data_dir) / table).glob("*/*/*/*.parquet"))
+        if has_files:
+            src = (
+                f"SELECT * FROM read_parquet('{table_glob(data_dir, table)}', hive_partitioning = true, "
+                f"hive_types = {HIVE_TYPES}, union_by_name = true)"
+            )
+        else:
+            src = _empty_select(table)
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {src}")
+    con.execute(COVERAGE_SQL)
+
+
+def connect(data_dir: str | Path = "data") -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table over `data_dir` (UTC session)."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    create_views(con, data_dir)
+    return con

@@ -1,0 +1,155 @@
+"""Library entry points behind the CLI commands (tests call these directly)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from recorder import exchanges
+from recorder.collector import Collector, Options
+from recorder.errors import RecorderError
+from recorder.query import connect
+
+SIMULATORS = {"bitmart": "recorder.sim.bitmart:BitmartSpotSim"}
+
+
+def simulator_class(exchange: str):
+    exchanges.adapter(exchange)  # unknown exchange -> the same clear error as `run`
+    spec = SIMULATORS.get(exchange.lower())
+    if spec is None:
+        raise RecorderError(f"no simulator for {exchange!r} yet")
+    mod, _, name = spec.partition(":")
+    return getattr(__import__(mod, fromlist=[name]), name)
+
+
+async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = False, status: bool = True) -> Collector:
+    """Record until SIGINT/SIGTERM or `opts.duration`; returns the finished collector."""
+    from recorder.cli import install_signal_handlers
+
+    simulator = None
+    if sim:
+        simulator = simulator_class(exchange)(seed=0)
+        await simulator.start(host="127.0.0.1", port=0)
+        opts.ws_url = opts.ws_url or simulator.ws_url
+        opts.rest_url = opts.rest_url or simulator.rest_url
+    try:
+        collector = Collector(exchange, symbols, opts)
+        await collector.prepare()
+        install_signal_handlers(collector.stop)
+        show = status and sys.stderr.isatty()
+        console = Console(stderr=True)
+        console.print(
+            f"recording {exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
+            f"({'simulator ' if sim else ''}{collector.ws_url})",
+            highlight=False,
+        )
+        if show:
+            with Live(_status(collector, time.monotonic()), console=console, refresh_per_second=2) as live:
+                updater = asyncio.create_task(_refresh(live, collector))
+                try:
+                    await collector.run()
+                finally:
+                    updater.cancel()
+        else:
+            await collector.run()
+        console.print(_summary(collector), highlight=False)
+        return collector
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+
+
+async def _refresh(live: Live, collector: Collector) -> None:
+    start = time.monotonic()
+    while True:
+        await asyncio.sleep(0.5)
+        live.update(_status(collector, start))
+
+
+def _status(c: Collector, start: float) -> Table:
+    t = Table(title=f"recorder · {c.exchange} · {time.monotonic() - start:,.0f} s", expand=False)
+    for col in ("symbol", "trades", "book seq", "book", "top of book"):
+        t.add_column(col)
+    for s in c.streams.values():
+        b = s.book.book
+        top = f"{b.best_bid()} / {b.best_ask()}" if s.book.valid else "-"
+        t.add_row(s.user, f"{s.trade_count:,}", str(s.book.seq or "-"), "valid" if s.book.valid else "syncing", top)
+    frames = sum(x.frames for x in c.connections)
+    reconnects = sum(x.reconnects for x in c.connections)
+    t.caption = (
+        f"frames {frames:,} · reconnects {reconnects} · errors {c.errors} · "
+        f"buffered rows {c.sink.pending_rows():,} · files {c.sink.files_written}"
+    )
+    return t
+
+
+def _summary(c: Collector) -> str:
+    trades = sum(s.trade_count for s in c.streams.values())
+    return (
+        f"stopped: {trades:,} trades, {c.sink.rows_written:,} rows in {c.sink.files_written} files, "
+        f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors"
+    )
+
+
+async def simulate_forever(exchange: str, host: str, port: int, seed: int, rate: float, extra_symbols: int) -> None:
+    cls = simulator_class(exchange)
+    kwargs = {"seed": seed, "rate": rate}
+    if extra_symbols:
+        kwargs["extra_symbols"] = extra_symbols
+    sim = cls(**kwargs)
+    try:
+        await sim.start(host=host, port=port)
+    except OSError as exc:
+        raise RecorderError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    print(f"ws   {sim.ws_url}\nrest {sim.rest_url}", flush=True)
+    stop = asyncio.Event()
+    from recorder.cli import install_signal_handlers
+
+    install_signal_handlers(stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int) -> None:
+    con = connect(data_dir)
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as exc:
+        raise RecorderError(str(exc).splitlines()[0]) from None
+    if rel is None:
+        return
+    try:
+        if fmt == "csv":
+            rel.to_df().to_csv(sys.stdout, index=False)
+        elif fmt == "json":
+            df = rel.to_df()
+            sys.stdout.write(
+                orjson.dumps(df.to_dict(orient="records"), default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                + "\n"
+            )
+        else:
+            _print_table(rel, max_rows)
+    except duckdb.Error as exc:
+        raise RecorderError(str(exc).splitlines()[0]) from None
+
+
+def _print_table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> None:
+    cols = rel.columns
+    rows = rel.limit(max_rows).fetchall()
+    t = Table(*cols, show_lines=False)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console = Console()
+    with contextlib.suppress(BrokenPipeError):
+        console.print(t)

@@ -1,0 +1,222 @@
+"""The one writer: buffers rows per (table, exchange, symbol), publishes Parquet files atomically.
+
+Rows are appended as plain tuples (the cheapest thing the hot path can do) and turned into Arrow
+columns only when a file is written. A file appears under its final `*.parquet` name only after it
+is completely written and fsynced; before that it lives under a dot-name ending in `.tmp`.
+Replacing a partition's files (compaction, candle rebuilds) goes through a marker file so that a
+crash at any point leaves either the old files or the new one, never both for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recorder.model import DICTIONARY_COLUMNS, SCHEMAS
+from recorder.storage.layout import is_temp, partition_dir, temp_path, unique_name
+
+DAY_US = 86_400_000_000
+ROW_GROUP_SIZE = 1_000_000
+MARKER_PREFIX = ".replace-"
+
+
+def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
+    schema = SCHEMAS[table]
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
+def split_by_date(tbl: pa.Table) -> Iterable[tuple[str, pa.Table]]:
+    """(YYYY-MM-DD, rows of that UTC date) for each date present, in the table's row order."""
+    if tbl.num_rows == 0:
+        return
+    days = pc.divide(tbl.column("ts").cast(pa.int64()), DAY_US)
+    lo, hi = pc.min_max(days).values()
+    if lo.as_py() == hi.as_py():
+        yield _date_str(lo.as_py()), tbl
+        return
+    for day in pc.unique(days).to_pylist():
+        yield _date_str(day), tbl.filter(pc.equal(days, day))
+
+
+def _date_str(day: int) -> str:
+    return pa.scalar(day, pa.int32()).cast(pa.date32()).as_py().isoformat()
+
+
+def write_parquet_atomic(tbl: pa.Table, final: Path) -> Path:
+    """Write `tbl` to `final` so that no reader ever sees a partial file under that name."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    dictionary = [c for c in DICTIONARY_COLUMNS if c in tbl.column_names]
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(
+                tbl,
+                fh,
+                compression="zstd",
+                compression_level=3,
+                use_dictionary=dictionary,
+                row_group_size=ROW_GROUP_SIZE,
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_partition_files(directory: Path, tbl: pa.Table, old: list[Path]) -> Path | None:
+    """Publish `tbl` as one new file in `directory` and remove `old`, crash-safely.
+
+    A marker naming the new file and the old ones is written first; `recover()` finishes or rolls
+    back an interrupted replacement. Between the rename and the deletes a concurrent reader can
+    see both (rows twice) for a few milliseconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / unique_name()
+    marker = directory / f"{MARKER_PREFIX}{uuid.uuid4().hex}.json"
+    payload = {"new": final.name if tbl.num_rows else None, "old": [p.name for p in old]}
+    marker.write_bytes(orjson.dumps(payload))
+    _fsync_dir(directory)
+    if tbl.num_rows:
+        write_parquet_atomic(tbl, final)
+    for p in old:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    marker.unlink()
+    _fsync_dir(directory)
+    return final if tbl.num_rows else None
+
+
+def recover(data_dir: str | Path) -> int:
+    """Finish or roll back what a crashed process left: interrupted replacements and temp files.
+
+    Returns the number of things cleaned up.
+    """
+    cleaned = 0
+    root = Path(data_dir)
+    if not root.exists():
+        return 0
+    for dirpath, _dirs, files in os.walk(root):
+        d = Path(dirpath)
+        for name in sorted(files):
+            if name.startswith(MARKER_PREFIX):
+                cleaned += _finish_replacement(d / name)
+        for name in files:
+            p = d / name
+            if is_temp(p) and p.exists():
+                p.unlink()
+                cleaned += 1
+    return cleaned
+
+
+def _finish_replacement(marker: Path) -> int:
+    try:
+        payload = orjson.loads(marker.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        payload = {"new": "", "old": []}  # torn marker: written before anything else, so nothing happened
+    new = payload.get("new")
+    if new is None or (marker.parent / new).exists():
+        # the new file is published (or there was none): the old ones must go
+        for name in payload.get("old", []):
+            with contextlib.suppress(FileNotFoundError):
+                (marker.parent / name).unlink()
+    marker.unlink()
+    return 1
+
+
+class ParquetSink:
+    """Buffers rows in memory per (table, exchange, symbol) and writes them as Parquet files.
+
+    `buffer()` hands out a plain list to append row tuples to (schema column order, times as int
+    microseconds). `flush()` publishes everything buffered, one file per partition and date. The
+    caller decides when (the collector flushes every `flush_interval` seconds and when a buffer
+    grows past `max_rows`). A failed write (disk full, permissions) puts the rows back so that
+    nothing is lost, and reports through `on_error`.
+    """
+
+    def __init__(self, data_dir: str | Path, on_error: Callable[[str], None] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.on_error = on_error
+        self._buffers: dict[tuple[str, str, str], list[tuple]] = {}
+        self._lock = threading.Lock()  # flushes may run in a worker thread
+        self.files_written = 0
+        self.rows_written = 0
+
+    def buffer(self, table: str, exchange: str, symbol: str) -> list[tuple]:
+        key = (table, exchange, symbol)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if table not in SCHEMAS:
+                raise KeyError(f"unknown table {table!r}")
+            buf = self._buffers[key] = []
+        return buf
+
+    def pending_rows(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    def take(self) -> dict[tuple[str, str, str], list[tuple]]:
+        """Swap out everything buffered (cheap; call from the thread that appends)."""
+        taken: dict[tuple[str, str, str], list[tuple]] = {}
+        for key, buf in self._buffers.items():
+            if buf:
+                taken[key] = buf[:]
+                buf.clear()  # keep the list object: appenders hold references to it
+        return taken
+
+    def write(self, taken: dict[tuple[str, str, str], list[tuple]]) -> int:
+        """Write what `take()` returned. Safe to run in a worker thread. Returns rows written."""
+        written = 0
+        with self._lock:
+            for key, rows in taken.items():
+                table, exchange, symbol = key
+                try:
+                    self.write_table(table, exchange, symbol, rows_to_table(table, rows))
+                except OSError as exc:
+                    self._buffers.setdefault(key, [])[:0] = rows  # put back, in front: order is kept
+                    if self.on_error:
+                        self.on_error(f"cannot write {table} for {exchange} {symbol}: {exc}")
+                    else:
+                        raise
+                    continue
+                written += len(rows)
+        return written
+
+    def flush(self) -> int:
+        return self.write(self.take())
+
+    def write_table(self, table: str, exchange: str, symbol: str, tbl: pa.Table) -> list[Path]:
+        """Publish an Arrow table now (one file per UTC date of `ts`)."""
+        paths = []
+        for date, part in split_by_date(tbl):
+            final = partition_dir(self.data_dir, table, exchange, symbol, date) / unique_name()
+            paths.append(write_parquet_atomic(part, final))
+            self.files_written += 1
+            self.rows_written += part.num_rows
+        return paths

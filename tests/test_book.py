@@ -1,0 +1,47 @@
+"""Book engine: the documented BitMart version rules, gaps, crossed books, replayable rows."""
+
+from __future__ import annotations
+
+from recorder.book import BookSync, Outcome
+from recorder.model import BookMessage
+
+
+def msg(seq, bids=(), asks=(), snap=False, ts=1):
+    return BookMessage("X", seq, snap, ts, list(bids), list(asks))
+
+
+def test_version_chain_snapshot_apply_stale_gap():
+    rows: list = []
+    s = BookSync(rows)
+    assert s.on_message(msg(5, [(10.0, 1.0)], [(11.0, 1.0)]), 0) is Outcome.WAITING
+    assert s.on_message(msg(4, [(10.0, 1.0)], [(11.0, 2.0)], snap=True), 0) is Outcome.SNAPSHOT
+    assert s.on_message(msg(4), 0) is Outcome.STALE  # heartbeat repeats the version
+    assert s.on_message(msg(5, [(10.0, 0.0), (9.0, 3.0)]), 0) is Outcome.APPLIED
+    assert s.book.bids == {9.0: 3.0} and s.book.best_bid() == 9.0
+    assert s.on_message(msg(7, [(9.5, 1.0)]), 0) is Outcome.GAP
+    assert not s.valid and s.expected == 6
+    assert s.on_message(msg(8, [(9.5, 1.0)]), 0) is Outcome.WAITING
+    assert s.book.bids == {9.0: 3.0}  # nothing applied while invalid
+    assert [r[2] for r in rows] == [4, 4, 5, 5]
+    assert [r[3] for r in rows] == [True, True, False, False]
+
+
+def test_crossed_update_invalidates():
+    s = BookSync([])
+    s.on_message(msg(1, [(10.0, 1.0)], [(11.0, 1.0)], snap=True), 0)
+    assert s.on_message(msg(2, [(11.0, 1.0)]), 0) is Outcome.CROSSED
+    assert not s.valid
+
+
+def test_best_prices_follow_deletes_and_inserts():
+    s = BookSync([])
+    s.on_message(msg(1, [(10.0, 1.0), (9.0, 1.0)], [(11.0, 1.0), (12.0, 1.0)], snap=True), 0)
+    s.on_message(msg(2, [(10.0, 0.0)], [(11.0, 0.0), (10.5, 2.0)]), 0)
+    assert s.book.best_bid() == 9.0 and s.book.best_ask() == 10.5
+    assert s.book.top(1) == ([(9.0, 1.0)], [(10.5, 2.0)])
+
+
+def test_peatio_rule_backwards_is_gap():
+    s = BookSync([], stale_is_gap=True)
+    s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
+    assert s.on_message(msg(3), 0) is Outcome.GAP
