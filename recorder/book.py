@@ -93,7 +93,18 @@ class BookSync:
     as (ts, recv_ts, seq, is_snapshot, side, price, amount), the `book_updates` column order.
     """
 
-    __slots__ = ("book", "rows", "seq", "valid", "stale_is_gap", "last_ts", "last_recv", "expected")
+    __slots__ = (
+        "book",
+        "rows",
+        "seq",
+        "valid",
+        "stale_is_gap",
+        "last_ts",
+        "last_recv",
+        "expected",
+        "snapshots",
+        "gaps",
+    )
 
     def __init__(self, rows: list[tuple], stale_is_gap: bool = False) -> None:
         self.book = OrderBook()
@@ -104,6 +115,8 @@ class BookSync:
         self.last_ts = 0
         self.last_recv = 0
         self.expected: int | None = None  # what the failing message should have carried
+        self.snapshots = 0
+        self.gaps = 0  # sequence gaps and crossed books seen
 
     def on_message(self, msg: BookMessage, recv_ts: int) -> Outcome:
         if msg.is_snapshot:
@@ -118,12 +131,14 @@ class BookSync:
             if seq != self.seq + 1:
                 self.expected = self.seq + 1
                 self.valid = False
+                self.gaps += 1
                 return Outcome.GAP
         self.book.apply(msg.bids, msg.asks)
         self.seq = seq
         self._emit(msg, recv_ts, False)
         if self.book.crossed():
             self.valid = False
+            self.gaps += 1
             return Outcome.CROSSED
         return Outcome.APPLIED
 
@@ -132,6 +147,7 @@ class BookSync:
         self.valid = False
 
     def _snapshot(self, msg: BookMessage, recv_ts: int) -> None:
+        self.snapshots += 1
         self.book.clear()
         self.book.apply(msg.bids, msg.asks)
         self.seq = msg.seq

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -34,10 +35,10 @@ from recorder.model import (
     TRADES,
     Ack,
     BookMessage,
-    Pong,
     ProtocolError,
     TradeBatch,
 )
+from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.symbols import fetch_markets, resolve
 from recorder.transport import SendLimiter, backoff_delay, new_session
@@ -63,6 +64,8 @@ class Options:
     silence_timeout: float = 30.0  # no frame at all for this long: the socket is dead
     ack_timeout: float = 10.0  # resubscribe topics not acknowledged within this
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
+    raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
+    raw_flush_interval: float = 0.2
 
 
 class Stream:
@@ -134,59 +137,62 @@ class Topic:
     sent_at: float = 0.0
 
 
-@dataclass
-class Connection:
-    """One websocket carrying up to the exchange's per-connection topic limit."""
+class Dispatcher:
+    """Everything a connection does with what it receives, minus the socket.
 
-    collector: Collector
-    topics: list[Topic]
-    index: int
-    ws: aiohttp.ClientWebSocketResponse | None = None
-    limiter: SendLimiter = field(init=False)
-    by_topic: dict[str, Topic] = field(init=False)
-    book_by_wire: dict[str, Stream] = field(init=False)
-    trades_by_wire: dict[str, Stream] = field(init=False)
-    last_recv: float = 0.0
-    reconnects: int = 0
-    frames: int = 0
+    Live connections and `recorder replay` drive the same object: frames and connection-level events
+    go in (with their recorded times), rows and events come out, and resync requests go to
+    `request` (a no-op in replay, where the answers are already in the log). With a raw log, every
+    input is captured before it is processed.
+    """
 
-    def __post_init__(self) -> None:
-        ad = self.collector.adapter
-        self.limiter = SendLimiter(*ad.SEND_BUDGET)
-        self.by_topic = {t.name: t for t in self.topics}
-        self.book_by_wire = {t.stream.wire: t.stream for t in self.topics if t.channel == BOOK}
-        self.trades_by_wire = {t.stream.wire: t.stream for t in self.topics if t.channel == TRADES}
+    def __init__(self, adapter: ModuleType, topics: list[Topic], depth: int, rawlog: RawLog | None) -> None:
+        self.adapter = adapter
+        self.topics = topics
+        self.depth = depth
+        self.rawlog = rawlog
+        self.request: Callable[[Stream], None] = lambda s: None
+        self.by_topic = {t.name: t for t in topics}
+        self.book_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == BOOK}
+        self.trades_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == TRADES}
+        self.errors = 0
 
-    async def send(self, text: str) -> None:
-        await self.limiter.acquire()
-        if self.ws is not None and not self.ws.closed:
-            await self.ws.send_str(text)
+    # -- inputs -------------------------------------------------------------------------------
 
-    def each_topic_event(self, event: str, detail: str = "") -> None:
-        t = now_us()
+    def frame(self, recv: int, frame: bytes | str) -> None:
+        try:
+            raw = self.adapter.decode(frame)
+        except self.adapter.DECODE_ERRORS as exc:
+            if self.rawlog is not None:
+                self.rawlog.frame(recv, frame, BADFRAME)
+            self._on_error(ProtocolError(f"undecodable frame: {exc}", code="decode"), recv)
+            return
+        if self.rawlog is not None:
+            self.rawlog.frame(recv, raw)
+        self.payload(recv, raw)
+
+    def payload(self, recv: int, raw: bytes | str) -> None:
+        trades_by_wire = self.trades_by_wire
+        for m in self.adapter.parse(raw):
+            if type(m) is BookMessage:
+                self._on_book(m, recv)
+            elif type(m) is TradeBatch:
+                s = trades_by_wire.get(m.symbol)
+                if s is not None:
+                    s.on_trades(m, recv)
+            elif type(m) is Ack:
+                self._on_ack(m, recv)
+            elif type(m) is ProtocolError:
+                self._on_error(m, recv)
+
+    def event(self, t: int, channel: str | None, event: str, detail: str = "") -> None:
+        """A connection-level event (connect, disconnect, watchdog error, stop) for its streams."""
+        if self.rawlog is not None:
+            self.rawlog.event(t, channel, event, detail)
         for topic in self.topics:
-            topic.stream.event(topic.channel, event, detail, t)
-
-    async def run(self) -> None:
-        c = self.collector
-        attempt = 0
-        while not c.stopping.is_set():
-            try:
-                await c.connect_limiter.acquire()
-                async with c.session.ws_connect(
-                    c.ws_url, autoping=True, heartbeat=None, max_msg_size=c.adapter.MAX_FRAME_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                ) as ws:
-                    self.ws = ws
-                    self.each_topic_event(CONNECT, c.ws_url)
-                    await self._session(ws)
-                    attempt = 0 if self.frames else attempt + 1
-                    reason = f"closed by server (code {ws.close_code})"
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                attempt += 1
-            finally:
-                self.ws = None
+            if channel is None or topic.channel == channel:
+                topic.stream.event(topic.channel, event, detail, t)
+        if event in (CONNECT, DISCONNECT, STOP):
             for topic in self.topics:
                 topic.acked = False
                 if topic.channel == BOOK:
@@ -194,55 +200,16 @@ class Connection:
                     topic.stream.resync_pending_since = None
                 else:
                     topic.stream.arm_replay_guard()
-            if c.stopping.is_set():
-                break
-            self.reconnects += 1
-            self.each_topic_event(DISCONNECT, reason)
-            log.warning("connection %d lost: %s; reconnecting", self.index, reason)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(c.stopping.wait(), backoff_delay(attempt))
 
-    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.frames = 0
-        self.last_recv = time.monotonic()
-        helpers = [asyncio.create_task(self._keepalive(ws))]
-        try:
-            await self._subscribe([t for t in self.topics])
-            await self._receive(ws)
-        finally:
-            for h in helpers:
-                h.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+    def tick(self, t: int) -> None:
+        """The book_snapshots cadence (logged, so replay writes the same snapshot rows)."""
+        if self.rawlog is not None:
+            self.rawlog.tick(t)
+        for topic in self.topics:
+            if topic.channel == BOOK:
+                topic.stream.snapshot_row(self.depth)
 
-    async def _subscribe(self, topics: list[Topic]) -> None:
-        ad = self.collector.adapter
-        now = time.monotonic()
-        for t in topics:
-            t.sent_at = now
-        for msg in ad.subscribe_messages([t.name for t in topics]):
-            await self.send(msg)
-
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        parse = self.collector.adapter.parse_frame
-        on_book, on_other = self._on_book, self._on_other
-        trades_by_wire = self.trades_by_wire
-        BINARY, TEXT = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
-        async for frame in ws:
-            recv = time.time_ns() // 1000
-            self.last_recv = time.monotonic()
-            self.frames += 1
-            if frame.type is BINARY or frame.type is TEXT:
-                for m in parse(frame.data):
-                    if type(m) is BookMessage:
-                        on_book(m, recv)
-                    elif type(m) is TradeBatch:
-                        s = trades_by_wire.get(m.symbol)
-                        if s is not None:
-                            s.on_trades(m, recv)
-                    else:
-                        on_other(m, recv)
-            elif frame.type is aiohttp.WSMsgType.ERROR:
-                raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
+    # -- handling -----------------------------------------------------------------------------
 
     def _on_book(self, m: BookMessage, recv: int) -> None:
         s = self.book_by_wire.get(m.symbol)
@@ -255,65 +222,148 @@ class Connection:
         if outcome is Outcome.SNAPSHOT:
             s.resync_pending_since, s.resync_tries = None, 0
             if s.book.valid:
-                why = "after gap" if not was_valid else "replaces valid book"
+                why = "replaces valid book" if was_valid else "starts book"
                 s.event(BOOK, RESYNC, f"snapshot seq={m.seq} {why}", recv)
-                s.snapshot_row(self.collector.options.snapshot_depth, recv)
+                s.snapshot_row(self.depth, recv)
             else:
                 s.event(BOOK, ERROR, f"crossed snapshot seq={m.seq}", recv)
-                self._request_resync(s)
+                self.request(s)
         elif outcome in NEED_RESYNC:
             if outcome is Outcome.GAP:
                 s.event(BOOK, GAP, f"expected seq {s.book.expected}, got {m.seq}", recv)
             else:
                 b, a = s.book.book.best_bid(), s.book.book.best_ask()
                 s.event(BOOK, ERROR, f"crossed book at seq {m.seq}: bid {b} >= ask {a}", recv)
-            self._request_resync(s)
+            self.request(s)
 
-    def _request_resync(self, s: Stream) -> None:
-        s.resync_pending_since = time.monotonic()
-        s.resync_tries += 1
-        t = self.collector.adapter.topic(BOOK, s.wire)
-        self.collector.spawn(self.send(self.collector.adapter.snapshot_request(t)))
-
-    def _on_other(self, m, recv: int) -> None:
-        if isinstance(m, Ack):
-            t = self.by_topic.get(m.topic)
-            if t is not None and m.op == "subscribe" and not t.acked:
-                t.acked = True
-                t.stream.event(t.channel, SUBSCRIBED, m.topic, recv)
-        elif isinstance(m, ProtocolError):
-            self._on_error(m, recv)
-        elif isinstance(m, Pong):
-            pass
+    def _on_ack(self, m: Ack, recv: int) -> None:
+        t = self.by_topic.get(m.topic)
+        if t is not None and m.op == "subscribe" and not t.acked:
+            t.acked = True
+            t.stream.event(t.channel, SUBSCRIBED, m.topic, recv)
 
     def _on_error(self, m: ProtocolError, recv: int) -> None:
         detail = f"{m.code}: {m.message}" if m.code else m.message
         t = self.by_topic.get(m.topic) if m.topic else None
         targets = [t] if t else self.topics
+        self.errors += 1
         if m.code in ("decode", "parse"):
             # An undecodable frame may have carried any of our streams' data.
             for topic in targets:
                 topic.stream.event(topic.channel, ERROR, detail, recv)
                 if topic.channel == BOOK and topic.stream.book.valid:
                     topic.stream.book.invalidate()
-                    self._request_resync(topic.stream)
+                    self.request(topic.stream)
         else:
-            # Exchange errors carry no topic: unacked topics get resubscribed by the keepalive loop.
+            # Exchange errors carry no topic: unacked topics are resubscribed by the keepalive loop.
             for topic in targets:
                 if not topic.acked:
                     topic.stream.event(topic.channel, ERROR, detail, recv)
-        self.collector.errors += 1
-        log.warning("connection %d: %s", self.index, detail)
+        log.warning("%s", detail)
+
+
+@dataclass
+class Connection:
+    """One live websocket carrying up to the exchange's per-connection topic limit."""
+
+    collector: Collector
+    dispatcher: Dispatcher
+    index: int
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    limiter: SendLimiter = field(init=False)
+    last_recv: float = 0.0
+    reconnects: int = 0
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        self.limiter = SendLimiter(*self.collector.adapter.SEND_BUDGET)
+        self.topics = self.dispatcher.topics
+        self.dispatcher.request = self._request_resync
+
+    async def send(self, text: str) -> None:
+        await self.limiter.acquire()
+        if self.ws is not None and not self.ws.closed:
+            if self.dispatcher.rawlog is not None:
+                self.dispatcher.rawlog.sent(now_us(), text)
+            await self.ws.send_str(text)
+
+    async def run(self) -> None:
+        c, d = self.collector, self.dispatcher
+        attempt = 0
+        while not c.stopping.is_set():
+            try:
+                await c.connect_limiter.acquire()
+                async with c.session.ws_connect(
+                    c.ws_url,
+                    autoping=True,
+                    heartbeat=None,
+                    max_msg_size=c.adapter.MAX_FRAME_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                ) as ws:
+                    self.ws = ws
+                    d.event(now_us(), None, CONNECT, c.ws_url)
+                    await self._session(ws)
+                    attempt = 0 if self.frames else attempt + 1
+                    reason = f"closed by server (code {ws.close_code})"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                attempt += 1
+            finally:
+                self.ws = None
+            if c.stopping.is_set():
+                break
+            self.reconnects += 1
+            d.event(now_us(), None, DISCONNECT, reason)
+            log.warning("connection %d lost: %s; reconnecting", self.index, reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.stopping.wait(), backoff_delay(attempt))
+
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.frames = 0
+        self.last_recv = time.monotonic()
+        keepalive = asyncio.create_task(self._keepalive(ws))
+        try:
+            await self._subscribe(self.topics)
+            await self._receive(ws)
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+
+    async def _subscribe(self, topics: list[Topic]) -> None:
+        now = time.monotonic()
+        for t in topics:
+            t.sent_at = now
+        for msg in self.collector.adapter.subscribe_messages([t.name for t in topics]):
+            await self.send(msg)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        on_frame = self.dispatcher.frame
+        BINARY, TEXT = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
+        async for msg in ws:
+            if msg.type is BINARY or msg.type is TEXT:
+                self.frames += 1
+                on_frame(time.time_ns() // 1000, msg.data)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
+
+    def _request_resync(self, s: Stream) -> None:
+        s.resync_pending_since = time.monotonic()
+        s.resync_tries += 1
+        ad = self.collector.adapter
+        self.collector.spawn(self.send(ad.snapshot_request(ad.topic(BOOK, s.wire))))
 
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Text pings, the silence watchdog, and retries of unacked subscriptions and resyncs."""
-        c, ad, opt = self.collector, self.collector.adapter, self.collector.options
+        ad, opt = self.collector.adapter, self.collector.options
         last_ping = time.monotonic()
+        seen = self.frames
         while not ws.closed:
             await asyncio.sleep(0.5)
             now = time.monotonic()
+            if self.frames != seen:
+                seen, self.last_recv = self.frames, now
             if now - self.last_recv > opt.silence_timeout:
-                self.each_topic_event(ERROR, f"no data for {opt.silence_timeout:.0f} s: reconnecting")
+                self.dispatcher.event(now_us(), None, ERROR, f"no data for {opt.silence_timeout:.0f} s")
                 await ws.close()
                 return
             if now - last_ping >= ad.PING_INTERVAL:
@@ -324,13 +374,13 @@ class Connection:
                 await self._subscribe(stale)
             for t in self.topics:
                 s = t.stream
-                if t.channel == BOOK and s.resync_pending_since and now - s.resync_pending_since > opt.resync_timeout:
+                pending = s.resync_pending_since
+                if t.channel == BOOK and pending and now - pending > opt.resync_timeout:
                     if s.resync_tries >= 3:
-                        s.event(BOOK, ERROR, "no snapshot after 3 requests: reconnecting")
+                        self.dispatcher.event(now_us(), BOOK, ERROR, "no snapshot after 3 requests")
                         await ws.close()
                         return
                     self._request_resync(s)
-            del c
 
 
 class Collector:
@@ -348,7 +398,6 @@ class Collector:
         self.connect_limiter = SendLimiter(*self.adapter.CONNECT_BUDGET)
         self.streams: dict[str, Stream] = {}
         self.connections: list[Connection] = []
-        self.errors = 0
         self._tasks: set[asyncio.Task] = set()
         self.session: aiohttp.ClientSession
         self.write_errors: list[str] = []
@@ -370,6 +419,7 @@ class Collector:
         try:
             markets = await fetch_markets(self.session, self.adapter, self.rest_url)
             mapping = resolve(self.requested, markets, self.exchange)
+            await self._probe_websocket()
         except BaseException:
             await self.session.close()
             raise
@@ -383,15 +433,37 @@ class Collector:
             if ch in self.options.channels
         ]
         per = self.adapter.MAX_TOPICS_PER_CONNECTION
-        self.connections = [
-            Connection(self, topics[i : i + per], n) for n, i in enumerate(range(0, len(topics), per))
-        ]
+        for n, i in enumerate(range(0, len(topics), per)):
+            group = topics[i : i + per]
+            rawlog = RawLog(self.options.data_dir, self.exchange, self._raw_header(n, group)) if self.options.raw else None
+            d = Dispatcher(self.adapter, group, self.options.snapshot_depth, rawlog)
+            self.connections.append(Connection(self, d, n))
+
+    async def _probe_websocket(self) -> None:
+        """Fail at start-up, not in a reconnect loop, when the websocket endpoint is unreachable."""
+        try:
+            async with self.session.ws_connect(self.ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)):
+                pass
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RecorderError(f"cannot reach websocket {self.ws_url} ({type(exc).__name__}: {exc})") from None
+
+    def _raw_header(self, index: int, group: list[Topic]) -> dict:
+        return {
+            "format": 1,
+            "exchange": self.exchange,
+            "connection": index,
+            "ws_url": self.ws_url,
+            "snapshot_depth": self.options.snapshot_depth,
+            "topics": [[t.name, t.channel, t.stream.user, t.stream.wire] for t in group],
+        }
 
     async def run(self) -> None:
         """Record until `stop()` or the duration ends; always flushes what it has."""
         try:
             conn_tasks = [asyncio.create_task(c.run()) for c in self.connections]
             aux = [asyncio.create_task(self._snapshots()), asyncio.create_task(self._flusher())]
+            if self.options.raw:
+                aux.append(asyncio.create_task(self._raw_flusher()))
             try:
                 if self.options.duration is not None:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -405,23 +477,39 @@ class Collector:
                 await asyncio.gather(*conn_tasks, *aux, *self._tasks, return_exceptions=True)
         finally:
             t = now_us()
-            for s in self.streams.values():
-                s.snapshot_row(self.options.snapshot_depth)
-                for ch in self.options.channels:
-                    s.event(ch, STOP, "clean stop", t)
+            for conn in self.connections:
+                conn.dispatcher.tick(t)
+                conn.dispatcher.event(t, None, STOP, "clean stop")
+                if conn.dispatcher.rawlog is not None:
+                    conn.dispatcher.rawlog.close()
             await asyncio.to_thread(self.sink.flush)
             await self.session.close()
 
     def stop(self) -> None:
         self.stopping.set()
 
+    @property
+    def errors(self) -> int:
+        return sum(c.dispatcher.errors for c in self.connections)
+
+    @property
+    def frames(self) -> int:
+        return sum(c.frames for c in self.connections)
+
     async def _snapshots(self) -> None:
-        depth = self.options.snapshot_depth
         while True:
             await asyncio.sleep(self.options.snapshot_interval)
             if BOOK in self.options.channels:
-                for s in self.streams.values():
-                    s.snapshot_row(depth)
+                t = now_us()
+                for conn in self.connections:
+                    conn.dispatcher.tick(t)
+
+    async def _raw_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.raw_flush_interval)
+            for conn in self.connections:
+                if conn.dispatcher.rawlog is not None:
+                    conn.dispatcher.rawlog.flush()
 
     async def _flusher(self) -> None:
         last = time.monotonic()

@@ -83,7 +83,7 @@ def _status(c: Collector, start: float) -> Table:
         b = s.book.book
         top = f"{b.best_bid()} / {b.best_ask()}" if s.book.valid else "-"
         t.add_row(s.user, f"{s.trade_count:,}", str(s.book.seq or "-"), "valid" if s.book.valid else "syncing", top)
-    frames = sum(x.frames for x in c.connections)
+    frames = c.frames
     reconnects = sum(x.reconnects for x in c.connections)
     t.caption = (
         f"frames {frames:,} · reconnects {reconnects} · errors {c.errors} · "

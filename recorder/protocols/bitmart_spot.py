@@ -93,22 +93,40 @@ def inflate(data: bytes) -> bytes:
     return out + d.flush()
 
 
-def parse_frame(frame: bytes | str) -> list[Message]:
-    """Decode one websocket frame into messages. Never raises: bad input becomes ProtocolError."""
+def decode(frame: bytes | str) -> bytes | str:
+    """The frame's payload: binary frames are inflated, text passes through.
+
+    Raises ValueError (or zlib.error) for an invalid deflate stream or one past the size cap.
+    """
+    if isinstance(frame, bytes | bytearray | memoryview):
+        return inflate(bytes(frame))
+    return frame
+
+
+DECODE_ERRORS = (zlib.error, ValueError)
+
+
+def parse(raw: bytes | str) -> list[Message]:
+    """Decode one payload into messages. Never raises: bad input becomes ProtocolError."""
+    if raw == "pong" or raw == b"pong":
+        return [Pong()]
     try:
-        if isinstance(frame, bytes | bytearray | memoryview):
-            raw = inflate(bytes(frame))
-        else:
-            if frame == "pong":
-                return [Pong()]
-            raw = frame
         doc = orjson.loads(raw)
-    except (zlib.error, ValueError, orjson.JSONDecodeError) as exc:
-        return [ProtocolError(f"undecodable frame: {exc}", code="decode")]
+    except orjson.JSONDecodeError as exc:
+        return [ProtocolError(f"undecodable frame: {exc}: {_clip(raw)}", code="decode")]
     try:
         return parse_message(doc)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         return [ProtocolError(f"malformed message: {type(exc).__name__}: {exc}: {_clip(raw)}", code="parse")]
+
+
+def parse_frame(frame: bytes | str) -> list[Message]:
+    """decode() then parse(); a frame that cannot be inflated becomes a ProtocolError."""
+    try:
+        raw = decode(frame)
+    except DECODE_ERRORS as exc:
+        return [ProtocolError(f"undecodable frame: {exc}", code="decode")]
+    return parse(raw)
 
 
 def _clip(raw: bytes | str, n: int = 200) -> str:

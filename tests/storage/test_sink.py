@@ -87,9 +87,10 @@ def test_recover_finishes_an_interrupted_replacement(tmp_path):
     part = next((tmp_path / "trades").rglob("date=*"))
     old = sorted(part.glob("*.parquet"))
     # Simulate a crash after the merged file was published but before the inputs were removed.
-    from recorder.storage.sink import write_parquet_atomic
-    from recorder.storage.compact import sort_for_storage
     import pyarrow as pa
+
+    from recorder.storage.compact import sort_for_storage
+    from recorder.storage.sink import write_parquet_atomic
 
     merged = sort_for_storage("trades", pa.concat_tables([pq.read_table(f) for f in old]))
     new = write_parquet_atomic(merged, part / "merged.parquet")

@@ -1,0 +1,98 @@
+"""The installed `recorder` command: clean runs and one-line errors (no tracebacks) on bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RECORDER = shutil.which("recorder", path=str(Path(sys.executable).parent)) or "recorder"
+
+
+def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([RECORDER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), p.stderr
+    for n in needles:
+        assert n in p.stderr, p.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sim_quickstart_records_and_sql_reads(tmp_path):
+    p = run("run", "bitmart", "btc-usdt", "--sim", "--duration", "4", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "stopped:" in p.stderr
+    q = run("sql", "select count(*) as n from book_updates where symbol = 'BTC-USDT'", "--format", "csv", cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    assert int(q.stdout.splitlines()[1]) > 0
+    j = run("sql", "select event from events where channel = 'book' order by ts", "--format", "json", cwd=tmp_path)
+    assert '"resync"' in j.stdout and '"stop"' in j.stdout
+
+
+def test_unknown_exchange(tmp_path):
+    assert_one_line_error(run("run", "nope", "BTC-USDT", "--sim", cwd=tmp_path), "unknown exchange 'nope'")
+
+
+def test_unknown_symbol_names_close_matches(tmp_path):
+    p = run("run", "bitmart", "BTC-USDX", "--sim", "--duration", "1", cwd=tmp_path)
+    assert_one_line_error(p, "unknown symbol", "BTC-USDT")
+
+
+def test_unreachable_endpoint(tmp_path):
+    port = free_port()
+    p = run(
+        "run", "bitmart", "BTC-USDT", "--rest-url", f"http://127.0.0.1:{port}",
+        "--ws-url", f"ws://127.0.0.1:{port}/api", "--duration", "1", cwd=tmp_path,
+    )
+    assert_one_line_error(p, "cannot reach")
+
+
+def test_unwritable_data_dir(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    p = run("run", "bitmart", "BTC-USDT", "--sim", "--data-dir", "afile/data", "--duration", "1", cwd=tmp_path)
+    assert_one_line_error(p, "not writable")
+
+
+def test_bad_sql_is_one_line(tmp_path):
+    assert_one_line_error(run("sql", "select * from nope", cwd=tmp_path), "nope")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_sigterm_stops_cleanly_and_flushes(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "-q"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "data" / "raw").rglob("*.zst")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    q = run("sql", "select count(*) from events where event = 'stop'", "--format", "csv", cwd=tmp_path)
+    assert q.stdout.splitlines()[1] == "2"
