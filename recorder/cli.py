@@ -49,6 +49,7 @@ def run(
     ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
     rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
     flush_interval: float = typer.Option(60.0, "--flush-interval", help="publish files at least this often (s)"),
+    raw: bool = typer.Option(True, "--raw/--no-raw", help="capture raw frames under DATA_DIR/raw"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live status"),
 ) -> None:
     """Record trades and the exact order book of SYMBOLS on EXCHANGE."""
@@ -62,6 +63,7 @@ def run(
         ws_url=ws_url,
         rest_url=rest_url,
         flush_interval=flush_interval,
+        raw=raw,
     )
     _guard(lambda: asyncio.run(record(exchange, symbols, opts, sim=sim, status=not quiet)))
 
@@ -73,7 +75,7 @@ def simulate(
     host: str = typer.Option("127.0.0.1", "--host"),
     seed: int = typer.Option(0, "--seed"),
     rate: float = typer.Option(50.0, "--rate", help="market events per second (0 = full speed)"),
-    symbols: int = typer.Option(0, "--symbols", help="add this many synthetic symbols"),
+    symbols: int = typer.Option(0, "--symbols", help="serve this many synthetic symbols instead of the default set"),
 ) -> None:
     """Run an exchange simulator standalone (prints its ws and rest URLs)."""
     from recorder.runner import simulate_forever

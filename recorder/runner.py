@@ -101,11 +101,9 @@ def _summary(c: Collector) -> str:
 
 
 async def simulate_forever(exchange: str, host: str, port: int, seed: int, rate: float, extra_symbols: int) -> None:
+    """Serve until SIGINT/SIGTERM. `extra_symbols` > 0 serves that many synthetic symbols instead."""
     cls = simulator_class(exchange)
-    kwargs = {"seed": seed, "rate": rate}
-    if extra_symbols:
-        kwargs["extra_symbols"] = extra_symbols
-    sim = cls(**kwargs)
+    sim = cls(symbols=extra_symbols or None, seed=seed, rate=rate)
     try:
         await sim.start(host=host, port=port)
     except OSError as exc:

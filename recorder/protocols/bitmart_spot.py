@@ -84,8 +84,15 @@ def _request(op: str, args: list[str]) -> str:
 # ------------------------------------------------------------------------------------- decoding
 
 
+# Deflate cannot expand more than ~1032:1, so frames below this size cannot exceed the cap and
+# take the faster one-shot path.
+_SMALL_FRAME = MAX_INFLATED_BYTES // 1100
+
+
 def inflate(data: bytes) -> bytes:
     """One frame = one independent raw-deflate stream. Raises ValueError past the size cap."""
+    if len(data) < _SMALL_FRAME:
+        return zlib.decompress(data, -zlib.MAX_WBITS)
     d = zlib.decompressobj(-zlib.MAX_WBITS)
     out = d.decompress(data, MAX_INFLATED_BYTES)
     if d.unconsumed_tail:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def test_recover_finishes_an_interrupted_replacement(tmp_path):
 
     merged = sort_for_storage("trades", pa.concat_tables([pq.read_table(f) for f in old]))
     new = write_parquet_atomic(merged, part / "merged.parquet")
-    (part / f"{MARKER_PREFIX}x.json").write_text('{"new": "merged.parquet", "old": [%s]}' % ",".join(f'"{f.name}"' for f in old))
+    marker = {"new": "merged.parquet", "old": [f.name for f in old]}
+    (part / f"{MARKER_PREFIX}x.json").write_text(json.dumps(marker))
     (part / ".half-written.parquet.tmp").write_bytes(b"PAR1 torn")
     assert recover(tmp_path) == 2
     assert sorted(p.name for p in part.iterdir()) == [new.name]

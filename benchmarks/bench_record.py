@@ -1,0 +1,143 @@
+"""End-to-end recording throughput: simulator at full speed -> `recorder run` -> Parquet.
+
+Not a test. The simulator runs in its own process pinned to core 1 and blasts a pre-encoded tape
+(80/20 depth/trade mix, raw-deflate binary frames) as fast as the socket takes it; the real
+`recorder run` command runs pinned to core 0. Because the sender only goes as fast as the
+receiver reads, the rate is the recorder's. Afterwards the Parquet output is checked against what
+the simulator sent: zero lost trades, every depth message stored, zero sequence gaps.
+
+    python benchmarks/bench_record.py --symbols 1 --events 400000
+    python benchmarks/bench_record.py --symbols 100 --events 400000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out"
+
+
+def sim_process(conn, symbols: int, events: int) -> None:
+    os.sched_setaffinity(0, {1})
+    from recorder.sim.bitmart import BitmartSpotSim
+
+    async def main() -> None:
+        sim = BitmartSpotSim(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)
+        await sim.start(host="127.0.0.1", port=0)
+        conn.send((sim.ws_url, sim.rest_url, sim.trading_symbols))
+        while True:
+            await asyncio.sleep(0.2)
+            if conn.poll():
+                conn.recv()
+                trades = sum(len(v) for c in sim.connections for v in c.sent_trades.values())
+                frames = sum(c.frames_sent for c in sim.connections)
+                conn.send({"frames": frames, "trades": trades})
+                break
+            frames = sum(c.frames_sent for c in sim.connections)
+            conn.send(("progress", frames))
+        await sim.stop()
+
+    asyncio.run(main())
+
+
+def run(symbols: int, events: int, raw: bool) -> dict:
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=sim_process, args=(child, symbols, events), daemon=True)
+    proc.start()
+    ws_url, rest_url, names = parent.recv()
+    users = [n.replace("_", "-") for n in names][:symbols]
+    data = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    cmd = [
+        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", "bitmart", *users,
+        "--ws-url", ws_url, "--rest-url", rest_url, "--data-dir", str(data), "-q",
+    ]
+    if not raw:
+        cmd.append("--no-raw")
+    rec = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    last, still, started = -1, 0.0, time.monotonic()
+    while True:  # wait until the simulator has sent the whole tape (frame count stops moving)
+        msg = parent.recv()
+        frames = msg[1]
+        if frames == last and frames > 0:
+            still += 0.2
+            if still >= 2.0:
+                break
+        else:
+            last, still = frames, 0.0
+        if time.monotonic() - started > 600:
+            break
+    parent.send("report")
+    while True:
+        msg = parent.recv()
+        if isinstance(msg, dict):
+            sent = msg
+            break
+    rec.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(rec.pid, 0)
+    rec.returncode = os.waitstatus_to_exitcode(status)
+    err = rec.stderr.read()
+    proc.join(10)
+    if rec.returncode != 0:
+        raise SystemExit(f"recorder failed: {err}")
+    return measure(data, sent, usage, symbols, raw)
+
+
+def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
+    import recorder
+
+    con = recorder.connect(data)
+    trades = con.execute("select count(*) from trades").fetchone()[0]
+    depth_msgs, t0, t1 = con.execute(
+        "select count(distinct (symbol, recv_ts, seq)), min(recv_ts), max(recv_ts) from book_updates"
+    ).fetchone()
+    trade_msgs, tt0, tt1 = con.execute(
+        "select count(distinct (symbol, recv_ts)), min(recv_ts), max(recv_ts) from trades"
+    ).fetchone()
+    gaps = con.execute("select count(*) from events where event in ('gap', 'error', 'disconnect')").fetchone()[0]
+    start, end = min(t0, tt0), max(t1, tt1)
+    seconds = (end - start).total_seconds()
+    msgs = depth_msgs + trade_msgs
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "symbols": symbols,
+        "raw_capture": raw,
+        "frames_sent": sent["frames"],
+        "messages_stored": msgs,
+        "seconds": round(seconds, 2),
+        "msg_per_s": round(msgs / seconds),
+        "trades_sent": sent["trades"],
+        "trades_stored": trades,
+        "lost_trades": sent["trades"] - trades,
+        "gaps_errors_disconnects": gaps,
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_msg": round(cpu / msgs * 1e6, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--symbols", type=int, default=1)
+    ap.add_argument("--events", type=int, default=400_000)
+    ap.add_argument("--no-raw", action="store_true", help="disable raw capture")
+    a = ap.parse_args()
+    res = run(a.symbols, a.events, not a.no_raw)
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"record-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
