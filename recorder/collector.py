@@ -38,6 +38,7 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
+from recorder.storage.checkpoint import RunLock, run_is_alive, sources_metadata
 from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.symbols import fetch_markets, resolve
@@ -90,14 +91,16 @@ class Stream:
         t = ts if ts is not None else now_us()
         self.events.append((t, t, channel, event, detail))
 
-    def snapshot_row(self, depth: int, recv_ts: int | None = None) -> None:
+    def snapshot_row(self, depth: int, taken_at: int) -> None:
+        """A `book_snapshots` row: the validated top-N as of the last applied message.
+
+        `ts` is that message's exchange time; `recv_ts` is when the snapshot was taken.
+        """
         sync = self.book
         if not sync.valid:
             return
         bids, asks = sync.book.top(depth)
-        self.snapshots.append(
-            (sync.last_ts or now_us(), recv_ts or sync.last_recv or now_us(), sync.seq, bids, asks)
-        )
+        self.snapshots.append((sync.last_ts, taken_at, sync.seq, bids, asks))
 
     def on_trades(self, batch: TradeBatch, recv: int) -> None:
         rows, recent = self.trades, self.recent_trades
@@ -207,7 +210,7 @@ class Dispatcher:
             self.rawlog.tick(t)
         for topic in self.topics:
             if topic.channel == BOOK:
-                topic.stream.snapshot_row(self.depth)
+                topic.stream.snapshot_row(self.depth, t)
 
     # -- handling -----------------------------------------------------------------------------
 
@@ -414,7 +417,8 @@ class Collector:
     async def prepare(self) -> None:
         """Validate everything that can be wrong before recording: data dir, symbols, endpoint."""
         check_writable(self.options.data_dir)
-        recover(self.options.data_dir)
+        self.lock = RunLock(self.options.data_dir)
+        recover(self.options.data_dir, alive=lambda run: run_is_alive(self.options.data_dir, run))
         self.session = new_session()
         try:
             markets = await fetch_markets(self.session, self.adapter, self.rest_url)
@@ -426,18 +430,23 @@ class Collector:
         stale_is_gap = getattr(self.adapter, "STALE_IS_GAP", False)
         for user, wire in mapping.items():
             self.streams[user] = Stream(self.sink, self.exchange, user, wire, stale_is_gap)
-        topics = [
-            Topic(self.adapter.topic(ch, s.wire), ch, s)
-            for s in self.streams.values()
-            for ch in CHANNELS
-            if ch in self.options.channels
-        ]
-        per = self.adapter.MAX_TOPICS_PER_CONNECTION
-        for n, i in enumerate(range(0, len(topics), per)):
-            group = topics[i : i + per]
-            rawlog = RawLog(self.options.data_dir, self.exchange, self._raw_header(n, group)) if self.options.raw else None
+        for n, group in enumerate(self._topic_groups()):
+            rawlog = None
+            if self.options.raw:
+                rawlog = RawLog(self.options.data_dir, self.exchange, self._raw_header(group), connection=n)
             d = Dispatcher(self.adapter, group, self.options.snapshot_depth, rawlog)
             self.connections.append(Connection(self, d, n))
+
+    def _topic_groups(self) -> list[list[Topic]]:
+        """Topics per connection, within the exchange's cap; a symbol's topics share a connection."""
+        per = self.adapter.MAX_TOPICS_PER_CONNECTION
+        groups: list[list[Topic]] = [[]]
+        for s in self.streams.values():
+            mine = [Topic(self.adapter.topic(ch, s.wire), ch, s) for ch in CHANNELS if ch in self.options.channels]
+            if len(groups[-1]) + len(mine) > per:
+                groups.append([])
+            groups[-1].extend(mine)
+        return groups
 
     async def _probe_websocket(self) -> None:
         """Fail at start-up, not in a reconnect loop, when the websocket endpoint is unreachable."""
@@ -447,11 +456,10 @@ class Collector:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RecorderError(f"cannot reach websocket {self.ws_url} ({type(exc).__name__}: {exc})") from None
 
-    def _raw_header(self, index: int, group: list[Topic]) -> dict:
+    def _raw_header(self, group: list[Topic]) -> dict:
         return {
             "format": 1,
             "exchange": self.exchange,
-            "connection": index,
             "ws_url": self.ws_url,
             "snapshot_depth": self.options.snapshot_depth,
             "topics": [[t.name, t.channel, t.stream.user, t.stream.wire] for t in group],
@@ -480,9 +488,11 @@ class Collector:
             for conn in self.connections:
                 conn.dispatcher.tick(t)
                 conn.dispatcher.event(t, None, STOP, "clean stop")
+            written = await self._flush()
+            for conn in self.connections:
                 if conn.dispatcher.rawlog is not None:
                     conn.dispatcher.rawlog.close()
-            await asyncio.to_thread(self.sink.flush)
+            self.lock.finish(clean=written is not None)
             await self.session.close()
 
     def stop(self) -> None:
@@ -518,8 +528,22 @@ class Collector:
             now = time.monotonic()
             if now - last >= self.options.flush_interval or self.sink.pending_rows() > self.options.max_buffered_rows:
                 last = now
-                taken = self.sink.take()
-                await asyncio.to_thread(self.sink.write, taken)
+                await self._flush()
+
+    async def _flush(self) -> int | None:
+        """Publish everything buffered; each file records the raw-log position its rows reach."""
+        sources: dict[str, dict[str, str]] = {}
+        for conn in self.connections:
+            raw = conn.dispatcher.rawlog
+            if raw is None:
+                continue
+            raw.flush()  # the raw log must always be ahead of the tables
+            part, records = raw.position
+            meta = sources_metadata([{"run": raw.run, "conn": conn.index, "part": part, "records": records}])
+            for t in conn.topics:
+                sources[t.stream.user] = meta
+        taken = self.sink.take()
+        return await asyncio.to_thread(self.sink.write, taken, (lambda key: sources[key[2]]) if sources else None)
 
 
 def check_writable(data_dir: Path) -> None:

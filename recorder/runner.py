@@ -15,9 +15,10 @@ from rich.live import Live
 from rich.table import Table
 
 from recorder import exchanges
-from recorder.collector import Collector, Options
+from recorder.collector import Collector, Options, check_writable
 from recorder.errors import RecorderError
 from recorder.query import connect
+from recorder.recovery import recover_data_dir
 
 SIMULATORS = {"bitmart": "recorder.sim.bitmart:BitmartSpotSim"}
 
@@ -42,11 +43,15 @@ async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = F
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
     try:
+        console = Console(stderr=True)
         collector = Collector(exchange, symbols, opts)
+        check_writable(opts.data_dir)
+        recovered = await asyncio.to_thread(recover_data_dir, opts.data_dir, console.print)
+        if recovered.runs:
+            console.print(f"recovered {recovered.rows:,} rows of {recovered.runs} crashed run(s) from raw logs")
         await collector.prepare()
         install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty()
-        console = Console(stderr=True)
         console.print(
             f"recording {exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
             f"({'simulator ' if sim else ''}{collector.ws_url})",

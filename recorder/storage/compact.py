@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.model import SCHEMAS
+from recorder.storage.checkpoint import merge_sources, read_sources, run_is_alive, sources_metadata
 from recorder.storage.sink import recover, replace_partition_files
 
 ARRIVAL_ORDER = {"book_updates", "book_snapshots", "events"}
@@ -47,6 +48,9 @@ def compact_partition(directory: Path, table: str) -> tuple[int, int]:
         return 0, 0
     parts = [pq.read_table(f, schema=SCHEMAS[table]) for f in files]
     merged = sort_for_storage(table, pa.concat_tables(parts))
+    sources = merge_sources([read_sources(f) for f in files])
+    if sources:  # keep crash recovery's knowledge of what these rows already cover
+        merged = merged.replace_schema_metadata(sources_metadata(sources))
     replace_partition_files(directory, merged, files)
     return len(files), merged.num_rows
 
@@ -58,7 +62,7 @@ def compact_data_dir(
     include_today: bool = False,
 ) -> CompactResult:
     root = Path(data_dir)
-    recover(root)
+    recover(root, alive=lambda run: run_is_alive(root, run))
     today = dt.datetime.now(dt.UTC).date().isoformat()
     res = CompactResult()
     for table in tables or list(SCHEMAS):

@@ -1,4 +1,9 @@
-"""Where files live: the hive partition path of a table, and unique, glob-safe file names."""
+"""Where files live: the hive partition path of a table, and unique, glob-safe file names.
+
+Every file name carries the id of the run (process) that wrote it: `<utc stamp>-<run>-<rand>`,
+with run = `<host>_<pid>_<rand>`. Names are unique across processes and hosts, sort by creation
+time, and let crash recovery find what a dead run published.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,36 @@ import time
 import uuid
 from pathlib import Path
 
-_HOST = socket.gethostname().replace("-", "_").replace(".", "_")[:32] or "host"
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+_RUN: tuple[int, str] | None = None
+
+
+def run_id() -> str:
+    """This process's run id (recomputed after fork)."""
+    global _RUN
+    if _RUN is None or _RUN[0] != os.getpid():
+        _RUN = (os.getpid(), f"{_HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    return _RUN[1]
+
+
+def run_of(name: str) -> str | None:
+    """The run id inside a file name made by `unique_name` (None for other names)."""
+    parts = name.split("-")
+    return parts[1] if len(parts) >= 3 else None
 
 
 def partition_dir(data_dir: str | Path, table: str, exchange: str, symbol: str, date: str) -> Path:
     return Path(data_dir) / table / f"exchange={exchange}" / f"symbol={symbol}" / f"date={date}"
 
 
-def unique_name(prefix: str = "") -> str:
-    """A file name unique across processes and hosts, sortable by creation time.
-
-    `<utc yyyymmddThhmmss.ffffff>-<host>-<pid>-<random>.parquet`
-    """
+def stamp() -> str:
     now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}"
-    return f"{prefix}{stamp}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}"
+
+
+def unique_name(suffix: str = ".parquet", tag: str | None = None) -> str:
+    """`<utc yyyymmddThhmmss.ffffff>-<run>-<tag or random><suffix>`."""
+    return f"{stamp()}-{run_id()}-{tag or uuid.uuid4().hex[:12]}{suffix}"
 
 
 def temp_path(final: Path) -> Path:

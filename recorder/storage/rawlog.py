@@ -18,11 +18,12 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
-import pyarrow as pa
+import zstandard
 
-from recorder.storage.layout import unique_name
+from recorder.storage.layout import run_id, unique_name
 
 HEADER, FRAME, BADFRAME, SENT, EVENT, TICK = 0, 1, 2, 3, 4, 5
 _REC = struct.Struct("<qBI")
@@ -41,16 +42,21 @@ class RawLog:
         data_dir: str | Path,
         exchange: str,
         header: dict,
+        connection: int = 0,
         rotate_seconds: float = 3600.0,
         rotate_bytes: int = 512 * 1024 * 1024,
         fsync_interval: float = 5.0,
     ) -> None:
-        self.data_dir, self.exchange, self.header = Path(data_dir), exchange, header
+        self.data_dir, self.exchange, self.connection = Path(data_dir), exchange, connection
+        self.run = run_id()
+        self.header = {**header, "run": self.run, "connection": connection}
+        self.part = -1  # rotation index; the first file is part 0
+        self.records = 0  # records in the current part (header included)
         self.rotate_seconds, self.rotate_bytes = rotate_seconds, rotate_bytes
         self.fsync_interval = fsync_interval
         self._buf = bytearray()
-        self._file: pa.OSFile | None = None
-        self._stream: pa.CompressedOutputStream | None = None
+        self._file: BinaryIO | None = None
+        self._stream: zstandard.ZstdCompressionWriter | None = None
         self.path: Path | None = None
         self._opened = 0.0
         self._raw_bytes = 0
@@ -61,22 +67,26 @@ class RawLog:
         date = time.strftime("%Y-%m-%d", time.gmtime(now_us / 1e6))
         d = raw_dir(self.data_dir, self.exchange, date)
         d.mkdir(parents=True, exist_ok=True)
-        self.path = d / unique_name().replace(".parquet", SUFFIX)
-        self._file = pa.OSFile(str(self.path), "wb")
-        self._stream = pa.CompressedOutputStream(self._file, "zstd")
+        self.part += 1
+        self.path = d / unique_name(SUFFIX, tag=f"c{self.connection}p{self.part}")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - owned until close()
+        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
         self._opened = time.monotonic()
         self._raw_bytes = 0
+        self.records = 0
         self.paths.append(self.path)
-        self._append(now_us, HEADER, orjson.dumps(self.header))
+        self.frame(now_us, orjson.dumps({**self.header, "part": self.part}), HEADER)
 
-    def _append(self, t: int, kind: int, payload: bytes) -> None:
-        self._buf += _REC.pack(t, kind, len(payload))
-        self._buf += payload
+    @property
+    def position(self) -> tuple[int, int]:
+        """(part, records): how far this connection's inputs have been captured."""
+        return self.part, self.records
 
     def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
         if self._stream is None:
             self._open(recv_us)
         data = payload.encode() if isinstance(payload, str) else payload
+        self.records += 1
         buf = self._buf
         buf += _REC.pack(recv_us, kind, len(data))
         buf += data
@@ -98,7 +108,7 @@ class RawLog:
             self._raw_bytes += len(self._buf)
             self._stream.write(self._buf)
             self._buf = bytearray()
-        self._stream.flush()
+        self._stream.flush(zstandard.FLUSH_BLOCK)  # decodable up to here, even if we die now
         now = time.monotonic()
         if force_sync or now - self._last_fsync >= self.fsync_interval:
             self._last_fsync = now
@@ -112,38 +122,51 @@ class RawLog:
         if self._buf:
             self._stream.write(self._buf)
             self._buf = bytearray()
-        self._stream.close()  # closes the file too, writing the zstd epilogue
+        self._stream.flush(zstandard.FLUSH_FRAME)
+        self._stream.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         self._stream = self._file = None
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
     """(time_us, kind, payload) for every complete record; a truncated tail is ignored."""
-    data = _read_all(Path(path))
-    view = memoryview(data)
-    pos, n = 0, len(data)
-    while pos + _REC.size <= n:
-        t, kind, length = _REC.unpack_from(view, pos)
-        end = pos + _REC.size + length
-        if end > n:
-            break
-        yield t, kind, bytes(view[pos + _REC.size : end])
-        pos = end
-
-
-def _read_all(path: Path) -> bytes:
-    chunks: list[bytes] = []
-    stream = pa.CompressedInputStream(str(path), "zstd")
-    try:
-        while True:
-            chunk = stream.read(1 << 20)
-            if not chunk:
+    buf = b""
+    for chunk in _decompressed_chunks(Path(path)):
+        buf = buf + chunk if buf else chunk
+        pos, n = 0, len(buf)
+        while pos + _REC.size <= n:
+            t, kind, length = _REC.unpack_from(buf, pos)
+            end = pos + _REC.size + length
+            if end > n:
                 break
-            chunks.append(chunk)
-    except OSError:
-        pass  # cut short by a crash: keep what decoded
-    finally:
-        stream.close()
-    return b"".join(chunks)
+            yield t, kind, buf[pos + _REC.size : end]
+            pos = end
+        buf = buf[pos:]
+
+
+def _decompressed_chunks(path: Path) -> Iterator[bytes]:
+    """Decompress frame after frame; a stream cut short by a crash yields what it holds."""
+    d = zstandard.ZstdDecompressor().decompressobj()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            while chunk:
+                try:
+                    out = d.decompress(chunk)
+                except zstandard.ZstdError:
+                    return  # corrupt tail: keep what decoded before it
+                if out:
+                    yield out
+                chunk = d.unused_data if d.eof else b""
+                if d.eof:
+                    d = zstandard.ZstdDecompressor().decompressobj()
+
+
+def read_header(path: str | Path) -> dict | None:
+    for _t, kind, payload in read_records(path):
+        return orjson.loads(payload) if kind == HEADER else None
+    return None
 
 
 def list_logs(paths: list[str | Path]) -> list[Path]:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.model import DICTIONARY_COLUMNS, SCHEMAS
-from recorder.storage.layout import is_temp, partition_dir, temp_path, unique_name
+from recorder.storage.layout import is_temp, partition_dir, run_id, run_of, temp_path, unique_name
 
 DAY_US = 86_400_000_000
 ROW_GROUP_SIZE = 1_000_000
@@ -100,7 +100,7 @@ def replace_partition_files(directory: Path, tbl: pa.Table, old: list[Path]) -> 
     """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / unique_name()
-    marker = directory / f"{MARKER_PREFIX}{uuid.uuid4().hex}.json"
+    marker = directory / f"{MARKER_PREFIX}{run_id()}-{uuid.uuid4().hex}.json"
     payload = {"new": final.name if tbl.num_rows else None, "old": [p.name for p in old]}
     marker.write_bytes(orjson.dumps(payload))
     _fsync_dir(directory)
@@ -114,9 +114,10 @@ def replace_partition_files(directory: Path, tbl: pa.Table, old: list[Path]) -> 
     return final if tbl.num_rows else None
 
 
-def recover(data_dir: str | Path) -> int:
-    """Finish or roll back what a crashed process left: interrupted replacements and temp files.
+def recover(data_dir: str | Path, alive: Callable[[str], bool] = lambda run: False) -> int:
+    """Finish or roll back what crashed processes left: interrupted replacements and temp files.
 
+    Leftovers of runs for which `alive(run)` holds belong to a live process and are left alone.
     Returns the number of things cleaned up.
     """
     cleaned = 0
@@ -126,11 +127,11 @@ def recover(data_dir: str | Path) -> int:
     for dirpath, _dirs, files in os.walk(root):
         d = Path(dirpath)
         for name in sorted(files):
-            if name.startswith(MARKER_PREFIX):
+            if name.startswith(MARKER_PREFIX) and not alive(name.removeprefix(MARKER_PREFIX).split("-")[0]):
                 cleaned += _finish_replacement(d / name)
         for name in files:
             p = d / name
-            if is_temp(p) and p.exists():
+            if is_temp(p) and p.exists() and not alive(run_of(name.lstrip(".")) or ""):
                 p.unlink()
                 cleaned += 1
     return cleaned
@@ -190,26 +191,45 @@ class ParquetSink:
                 buf.clear()  # keep the list object: appenders hold references to it
         return taken
 
-    def write(self, taken: dict[tuple[str, str, str], list[tuple]]) -> int:
-        """Write what `take()` returned. Safe to run in a worker thread. Returns rows written."""
-        written = 0
+    def write(
+        self,
+        taken: dict[tuple[str, str, str], list[tuple]],
+        source: Callable[[tuple[str, str, str]], dict[str, str]] | None = None,
+    ) -> int | None:
+        """Write what `take()` returned, all or nothing. Safe to run in a worker thread.
+
+        `source(key)` gives key-value metadata stored in each file's footer (crash recovery uses it
+        to know which inputs a file already contains). Returns the rows written, or None when a
+        write failed: then the files of this call are removed again and every row is put back.
+        """
+        written: list[Path] = []
+        rows_written = 0
         with self._lock:
-            for key, rows in taken.items():
-                table, exchange, symbol = key
-                try:
-                    self.write_table(table, exchange, symbol, rows_to_table(table, rows))
-                except OSError as exc:
-                    self._buffers.setdefault(key, [])[:0] = rows  # put back, in front: order is kept
-                    if self.on_error:
-                        self.on_error(f"cannot write {table} for {exchange} {symbol}: {exc}")
-                    else:
-                        raise
-                    continue
-                written += len(rows)
-        return written
+            try:
+                for key, rows in taken.items():
+                    table, exchange, symbol = key
+                    tbl = rows_to_table(table, rows)
+                    if source is not None:
+                        tbl = tbl.replace_schema_metadata(source(key))
+                    written += self.write_table(table, exchange, symbol, tbl)
+                    rows_written += len(rows)
+            except OSError as exc:
+                for p in written:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                self.files_written -= len(written)
+                self.rows_written -= rows_written
+                for key, rows in taken.items():
+                    self._buffers.setdefault(key, [])[:0] = rows  # back in front: order is kept
+                msg = f"cannot write to {self.data_dir}: {exc.strerror or exc}"
+                if self.on_error is None:
+                    raise
+                self.on_error(msg)
+                return None
+        return rows_written
 
     def flush(self) -> int:
-        return self.write(self.take())
+        return self.write(self.take()) or 0
 
     def write_table(self, table: str, exchange: str, symbol: str, tbl: pa.Table) -> list[Path]:
         """Publish an Arrow table now (one file per UTC date of `ts`)."""
