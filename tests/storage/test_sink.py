@@ -51,7 +51,7 @@ def test_failed_write_keeps_rows_for_the_next_flush(tmp_path):
     finally:
         os.chmod(tmp_path / "d", 0o700)
         (tmp_path / "d" / "trades").unlink(missing_ok=True)
-    assert errors and "cannot write trades" in errors[0]
+    assert errors and "cannot write to" in errors[0]
     assert sink.pending_rows() == 3
     assert sink.flush() == 3
     assert connect(tmp_path / "d").execute("select count(*) from trades").fetchone() == (3,)
