@@ -115,6 +115,50 @@ def compact(
     _guard(go)
 
 
+@app.command()
+def replay(
+    raw: list[Path] = typer.Argument(..., help="raw log files or directories (e.g. data/raw)"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="where the re-derived tables go"),
+) -> None:
+    """Re-derive every table from raw logs, through the same code path as live recording."""
+    from rich.progress import Progress
+
+    from recorder.replay import replay as replay_logs
+
+    def go() -> None:
+        missing = [str(p) for p in raw if not p.exists()]
+        if missing:
+            fail(f"no such raw log: {', '.join(missing)}")
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("replaying", total=None)
+            res = replay_logs(raw, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total))
+        err.print(f"replayed {res.files} raw log file(s), {res.records:,} records -> {res.rows:,} rows in {data_dir}")
+
+    _guard(go)
+
+
+@app.command()
+def status(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir"),
+    date: str | None = typer.Option(None, "--date", help="UTC date (default today)"),
+) -> None:
+    """Today's coverage (share of time with continuous valid data) and volume per stream."""
+    from rich.table import Table
+
+    from recorder.status import disk_usage, stream_status
+
+    def go() -> None:
+        cols, rows = stream_status(data_dir, date)
+        t = Table(*cols, title=f"recorder status · {data_dir} · {date or 'today (UTC)'}")
+        for r in rows:
+            t.add_row(*("" if v is None else str(v) for v in r))
+        Console().print(t)
+        usage = ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk_usage(data_dir).items())
+        Console().print(f"on disk: {usage or 'nothing yet'}")
+
+    _guard(go)
+
+
 try:  # the candles sub-app (issue 4)
     from recorder.candles.cli import app as candles_app
 

@@ -46,6 +46,32 @@ FROM changes WHERE up = 1
 """
 
 
+# "Which minutes of BTC-USDT are complete?" in one query:
+#     SELECT * FROM completeness('bitmart', 'BTC-USDT', 'trades')            -- 1-minute buckets
+#     SELECT * FROM completeness('bitmart', 'BTC-USDT', 'book', INTERVAL 1 hour)
+# A bucket is complete when one coverage interval spans all of it (an open interval, still being
+# recorded, counts up to now).
+COMPLETENESS_SQL = """
+CREATE OR REPLACE MACRO completeness(ex, sym, chan, bucket := INTERVAL 1 minute) AS TABLE
+WITH cov AS (
+    SELECT start_ts, coalesce(end_ts, now()) AS end_ts FROM coverage
+    WHERE exchange = ex AND symbol = sym AND channel = chan
+),
+buckets AS (
+    SELECT unnest(generate_series(
+        time_bucket(bucket, (SELECT min(start_ts) FROM cov)),
+        (SELECT max(end_ts) FROM cov),
+        bucket)) AS bucket_start
+)
+SELECT bucket_start, bucket_start + bucket AS bucket_end,
+       EXISTS (SELECT 1 FROM cov WHERE cov.start_ts <= bucket_start AND cov.end_ts >= bucket_start + bucket)
+           AS complete
+FROM buckets
+WHERE bucket_start < (SELECT max(end_ts) FROM cov)
+ORDER BY bucket_start
+"""
+
+
 def _empty_select(table: str) -> str:
     cols = []
     for f in SCHEMAS[table]:
@@ -84,6 +110,7 @@ def create_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
             src = _empty_select(table)
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {src}")
     con.execute(COVERAGE_SQL)
+    con.execute(COMPLETENESS_SQL)
 
 
 def connect(data_dir: str | Path = "data") -> duckdb.DuckDBPyConnection:

@@ -21,6 +21,8 @@ from recorder.query import connect
 from recorder.recovery import recover_data_dir
 
 SIMULATORS = {"bitmart": "recorder.sim.bitmart:BitmartSpotSim"}
+# A simulator that users run for hours: bounded ground-truth logs, some kline history to backfill.
+LONG_RUNNING_SIM = {"record_sent": False, "trade_log_limit": 100_000, "history_minutes": 240}
 
 
 def simulator_class(exchange: str):
@@ -38,7 +40,7 @@ async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = F
 
     simulator = None
     if sim:
-        simulator = simulator_class(exchange)(seed=0)
+        simulator = simulator_class(exchange)(seed=0, **LONG_RUNNING_SIM)
         await simulator.start(host="127.0.0.1", port=0)
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
@@ -108,7 +110,7 @@ def _summary(c: Collector) -> str:
 async def simulate_forever(exchange: str, host: str, port: int, seed: int, rate: float, extra_symbols: int) -> None:
     """Serve until SIGINT/SIGTERM. `extra_symbols` > 0 serves that many synthetic symbols instead."""
     cls = simulator_class(exchange)
-    sim = cls(symbols=extra_symbols or None, seed=seed, rate=rate)
+    sim = cls(symbols=extra_symbols or None, seed=seed, rate=rate, **LONG_RUNNING_SIM)
     try:
         await sim.start(host=host, port=port)
     except OSError as exc:
