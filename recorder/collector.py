@@ -67,6 +67,10 @@ class Options:
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
     raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
     raw_flush_interval: float = 0.2
+    # While the disk refuses writes, rows and raw records wait in memory up to these caps; past
+    # them the oldest are dropped, counted, and recorded as `error` events.
+    max_pending_rows: int = 5_000_000
+    max_pending_raw_bytes: int = 256 * 1024 * 1024
 
 
 class Stream:
@@ -220,7 +224,13 @@ class Dispatcher:
             return
         was_valid = s.book.valid
         outcome = s.book.on_message(m, recv)
-        if outcome is Outcome.APPLIED or outcome is Outcome.STALE or outcome is Outcome.WAITING:
+        if outcome is Outcome.APPLIED or outcome is Outcome.WAITING:
+            return
+        if outcome is Outcome.STALE:
+            if m.bids or m.asks:  # not a heartbeat: a duplicated or backwards update
+                s.book.invalidate()
+                s.event(BOOK, ERROR, f"out-of-order update seq {m.seq} <= local {s.book.seq}: dropped", recv)
+                self.request(s)
             return
         if outcome is Outcome.SNAPSHOT:
             s.resync_pending_since, s.resync_tries = None, 0
@@ -404,6 +414,9 @@ class Collector:
         self._tasks: set[asyncio.Task] = set()
         self.session: aiohttp.ClientSession
         self.write_errors: list[str] = []
+        self.dropped_rows = 0
+        self.dropped_raw_bytes = 0
+        self._last_disk_warning = -1e9
 
     def spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -411,8 +424,7 @@ class Collector:
         task.add_done_callback(self._tasks.discard)
 
     def _on_write_error(self, message: str) -> None:
-        self.write_errors.append(message)
-        log.error(message)
+        self._disk_trouble(message)
 
     async def prepare(self) -> None:
         """Validate everything that can be wrong before recording: data dir, symbols, endpoint."""
@@ -491,7 +503,11 @@ class Collector:
             written = await self._flush()
             for conn in self.connections:
                 if conn.dispatcher.rawlog is not None:
-                    conn.dispatcher.rawlog.close()
+                    try:
+                        conn.dispatcher.rawlog.close()
+                    except OSError as exc:
+                        written = None
+                        self._disk_trouble(f"cannot close raw log: {exc.strerror or exc}")
             self.lock.finish(clean=written is not None)
             await self.session.close()
 
@@ -518,8 +534,29 @@ class Collector:
         while True:
             await asyncio.sleep(self.options.raw_flush_interval)
             for conn in self.connections:
-                if conn.dispatcher.rawlog is not None:
-                    conn.dispatcher.rawlog.flush()
+                self._flush_raw(conn)
+
+    def _flush_raw(self, conn: Connection) -> bool:
+        raw = conn.dispatcher.rawlog
+        if raw is None:
+            return True
+        try:
+            raw.flush()
+        except OSError as exc:
+            self._disk_trouble(f"cannot write raw log: {exc.strerror or exc}")
+            if raw.buffered_bytes > self.options.max_pending_raw_bytes:
+                n = raw.drop_buffer()
+                conn.dispatcher.event(now_us(), None, ERROR, f"disk: dropped {n:,} bytes of raw log ({exc.strerror})")
+                self.dropped_raw_bytes += n
+            return False
+        return True
+
+    def _disk_trouble(self, message: str) -> None:
+        self.write_errors.append(message)
+        now = time.monotonic()
+        if now - self._last_disk_warning > 10:
+            self._last_disk_warning = now
+            log.error("%s; keeping data in memory and retrying", message)
 
     async def _flusher(self) -> None:
         last = time.monotonic()
@@ -531,19 +568,48 @@ class Collector:
                 await self._flush()
 
     async def _flush(self) -> int | None:
-        """Publish everything buffered; each file records the raw-log position its rows reach."""
+        """Publish everything buffered; each file records the raw-log position its rows reach.
+
+        Returns the rows written, or None when the disk refused (rows stay buffered, up to a cap).
+        """
         sources: dict[str, dict[str, str]] = {}
         for conn in self.connections:
             raw = conn.dispatcher.rawlog
             if raw is None:
                 continue
-            raw.flush()  # the raw log must always be ahead of the tables
+            if not self._flush_raw(conn):  # the raw log must always be ahead of the tables
+                self._shed_rows()
+                return None
             part, records = raw.position
             meta = sources_metadata([{"run": raw.run, "conn": conn.index, "part": part, "records": records}])
             for t in conn.topics:
                 sources[t.stream.user] = meta
         taken = self.sink.take()
-        return await asyncio.to_thread(self.sink.write, taken, (lambda key: sources[key[2]]) if sources else None)
+        written = await asyncio.to_thread(self.sink.write, taken, (lambda key: sources[key[2]]) if sources else None)
+        if written is None:
+            self._shed_rows()
+        return written
+
+    def _shed_rows(self) -> None:
+        """Past the memory cap, drop the oldest buffered rows of the biggest streams (counted, logged)."""
+        excess = self.sink.pending_rows() - self.options.max_pending_rows
+        if excess <= 0:
+            return
+        t = now_us()
+        for s in sorted(self.streams.values(), key=lambda s: -len(s.book.rows)):
+            for rows, channel in ((s.book.rows, BOOK), (s.trades, TRADES)):
+                n = min(excess, len(rows))
+                if n <= 0:
+                    continue
+                del rows[:n]
+                excess -= n
+                self.dropped_rows += n
+                s.event(channel, ERROR, f"disk: dropped {n:,} buffered rows (data dir not writable)", t)
+                if channel == BOOK:
+                    s.book.invalidate()  # the stored book has a hole now: resync
+                    for conn in self.connections:
+                        if s in conn.dispatcher.book_by_wire.values():
+                            conn.dispatcher.request(s)
 
 
 def check_writable(data_dir: Path) -> None:

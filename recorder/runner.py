@@ -69,6 +69,12 @@ async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = F
         else:
             await collector.run()
         console.print(_summary(collector), highlight=False)
+        left = collector.sink.pending_rows()
+        if left:
+            raise RecorderError(
+                f"{left:,} rows could not be written to {opts.data_dir} ({collector.write_errors[-1]}); "
+                "they are in the raw log and the next `recorder run` on this data dir recovers them"
+            )
         return collector
     finally:
         if simulator is not None:

@@ -7,88 +7,23 @@ what a user would read back from Parquet with DuckDB, after injected gaps, disco
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from pathlib import Path
-
-import pytest
 
 from recorder import connect
-from recorder.bookreplay import rebuild_book
-from recorder.collector import Collector, Options
+from recorder.collector import Collector
 from recorder.replay import replay
 from recorder.sim.bitmart import BitmartSpotSim
 
-SYMBOLS = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT"}
-
-
-async def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def books_valid(c: Collector) -> bool:
-    return all(s.book.valid for s in c.streams.values())
-
-
-async def caught_up(c: Collector, sim: BitmartSpotSim) -> bool:
-    await sim.drain()
-    return all(s.book.valid and s.book.seq == sim.version(s.wire) for s in c.streams.values())
-
-
-@pytest.fixture
-async def sim():
-    s = BitmartSpotSim(symbols=list(SYMBOLS.values()), seed=7, rate=400.0, heartbeat_interval=0.3)
-    await s.start(host="127.0.0.1", port=0)
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-def options(tmp_path: Path, sim: BitmartSpotSim, **kw) -> Options:
-    return Options(data_dir=tmp_path, ws_url=sim.ws_url, rest_url=sim.rest_url, flush_interval=1.0, **kw)
-
-
-async def start(collector: Collector) -> asyncio.Task:
-    await collector.prepare()
-    return asyncio.create_task(collector.run())
-
-
-async def finish(collector: Collector, sim: BitmartSpotSim, task: asyncio.Task) -> None:
-    """Freeze the market, let the recorder catch up with the truth, stop it cleanly."""
-    sim.pause()
-    deadline = time.monotonic() + 10
-    while not await caught_up(collector, sim):
-        assert time.monotonic() < deadline, "recorder did not catch up with the simulator"
-        await asyncio.sleep(0.05)
-    collector.stop()
-    await asyncio.wait_for(task, 10)
-
-
-def assert_book_matches_truth(tmp_path: Path, sim: BitmartSpotSim) -> None:
-    for user, wire in SYMBOLS.items():
-        version, bids, asks = sim.truth_book(wire)
-        rebuilt = rebuild_book(tmp_path, "bitmart", user)
-        assert rebuilt.seq == version
-        assert rebuilt.bids == bids
-        assert rebuilt.asks == asks
-
-
-def assert_every_sent_trade_once(tmp_path: Path, sim: BitmartSpotSim) -> None:
-    con = connect(tmp_path)
-    for user, wire in SYMBOLS.items():
-        sent = Counter(
-            (t.ts_ms * 1000, t.side, t.price_f, t.size_f) for t in sim.sent_trades(wire)
-        )
-        rows = con.execute(
-            "select epoch_us(ts), side, price, amount from trades where symbol = ?", [user]
-        ).fetchall()
-        assert sent, "the simulator sent no trades: the test proves nothing"
-        assert Counter(rows) == sent
+from .recording import (
+    SYMBOLS,
+    assert_book_matches_truth,
+    assert_every_sent_trade_once,
+    books_valid,
+    finish,
+    options,
+    start,
+    wait_for,
+)
 
 
 async def test_book_exact_and_trades_once_through_gaps_disconnects_and_garbage(tmp_path, sim):
@@ -157,12 +92,11 @@ async def test_replay_of_raw_log_reproduces_every_table(tmp_path, sim):
 
 
 async def test_many_symbols_open_several_connections(tmp_path):
-    sim = BitmartSpotSim(symbols=70, seed=3, rate=200.0)
-    await sim.start(host="127.0.0.1", port=0)
+    many = BitmartSpotSim(symbols=70, seed=3, rate=200.0)
+    await many.start(host="127.0.0.1", port=0)
     try:
-        wires = [s for s in sim.trading_symbols][:70]
-        users = [w.replace("_", "-") for w in wires]
-        c = Collector("bitmart", users, options(tmp_path, sim))
+        users = [w.replace("_", "-") for w in many.trading_symbols][:70]
+        c = Collector("bitmart", users, options(tmp_path, many))
         task = await start(c)
         assert len(c.connections) == 2  # 140 topics > 115 per connection
         assert all(len(x.topics) <= 115 for x in c.connections)
@@ -170,6 +104,6 @@ async def test_many_symbols_open_several_connections(tmp_path):
         c.stop()
         await asyncio.wait_for(task, 10)
     finally:
-        await sim.stop()
+        await many.stop()
     con = connect(tmp_path)
     assert con.execute("select count(distinct symbol) from events where event = 'subscribed'").fetchone() == (70,)

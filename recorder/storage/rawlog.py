@@ -6,19 +6,20 @@ every table can be re-derived (`recorder replay`). A record is `<recv_us:int64><
 <length:uint32><payload>`, little-endian. The first record of a file is a JSON header describing
 the connection (exchange, topics and symbols), so a file replays on its own.
 
-Durability: records reach the compressed stream (and the OS) every `flush_interval` (0.2 s), and are
-fsynced every `fsync_interval` (5 s). A killed process loses at most the last 0.2 s; a machine
-crash at most the last 5 s. A file cut short (crash) is read up to its last complete record.
+Durability: buffered records are appended as one zstd frame (a file is a plain concatenation of
+zstd frames, readable by `zstd -d`) every 0.2 s, and fsynced every 5 s. A killed process loses at
+most the last 0.2 s; a machine crash at most the last 5 s. A file cut short is read up to its last
+complete frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import orjson
 import zstandard
@@ -35,7 +36,12 @@ def raw_dir(data_dir: str | Path, exchange: str, date: str) -> Path:
 
 
 class RawLog:
-    """Append-only raw capture for one connection. Not thread-safe: use from the event loop."""
+    """Append-only raw capture for one connection. Not thread-safe: use from the event loop.
+
+    Each `flush()` appends the buffered records as one independent zstd frame with a single write;
+    a failed write (disk full) is truncated away and its records stay buffered for the next try, so
+    the file never holds a record twice or a torn record in the middle.
+    """
 
     def __init__(
         self,
@@ -50,14 +56,15 @@ class RawLog:
         self.data_dir, self.exchange, self.connection = Path(data_dir), exchange, connection
         self.run = run_id()
         self.header = {**header, "run": self.run, "connection": connection}
-        self.part = -1  # rotation index; the first file is part 0
-        self.records = 0  # records in the current part (header included)
         self.rotate_seconds, self.rotate_bytes = rotate_seconds, rotate_bytes
         self.fsync_interval = fsync_interval
+        self._cctx = zstandard.ZstdCompressor(level=3)
         self._buf = bytearray()
-        self._file: BinaryIO | None = None
-        self._stream: zstandard.ZstdCompressionWriter | None = None
+        self._fd: int | None = None
+        self._size = 0  # bytes in the current file
         self.path: Path | None = None
+        self.part = -1  # rotation index; the first file is part 0
+        self.records = 0  # records in the current part (header included), buffered ones too
         self._opened = 0.0
         self._raw_bytes = 0
         self._last_fsync = 0.0
@@ -69,8 +76,8 @@ class RawLog:
         d.mkdir(parents=True, exist_ok=True)
         self.part += 1
         self.path = d / unique_name(SUFFIX, tag=f"c{self.connection}p{self.part}")
-        self._file = open(self.path, "wb")  # noqa: SIM115 - owned until close()
-        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._size = 0
         self._opened = time.monotonic()
         self._raw_bytes = 0
         self.records = 0
@@ -82,8 +89,12 @@ class RawLog:
         """(part, records): how far this connection's inputs have been captured."""
         return self.part, self.records
 
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
     def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
-        if self._stream is None:
+        if self._fd is None:
             self._open(recv_us)
         data = payload.encode() if isinstance(payload, str) else payload
         self.records += 1
@@ -100,34 +111,47 @@ class RawLog:
     def tick(self, t: int) -> None:
         self.frame(t, b"", TICK)
 
-    def flush(self, force_sync: bool = False) -> None:
-        """Hand buffered records to the compressed file; rotate and fsync when due."""
-        if self._stream is None:
+    def flush(self) -> None:
+        """Append buffered records as one zstd frame; fsync and rotate when due. Raises OSError."""
+        if self._fd is None:
             return
-        if self._buf:
-            self._raw_bytes += len(self._buf)
-            self._stream.write(self._buf)
-            self._buf = bytearray()
-        self._stream.flush(zstandard.FLUSH_BLOCK)  # decodable up to here, even if we die now
+        self._write_buffer()
         now = time.monotonic()
-        if force_sync or now - self._last_fsync >= self.fsync_interval:
+        if now - self._last_fsync >= self.fsync_interval:
             self._last_fsync = now
-            os.fsync(self._file.fileno())
+            os.fsync(self._fd)
         if now - self._opened >= self.rotate_seconds or self._raw_bytes >= self.rotate_bytes:
             self.close()
 
-    def close(self) -> None:
-        if self._stream is None:
-            return
+    def _write_buffer(self) -> None:
         if self._buf:
-            self._stream.write(self._buf)
+            frame = self._cctx.compress(bytes(self._buf))
+            try:
+                written = 0
+                while written < len(frame):
+                    written += os.write(self._fd, frame[written:])
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)  # no torn frame left behind
+                raise
+            self._size += len(frame)
+            self._raw_bytes += len(self._buf)
             self._buf = bytearray()
-        self._stream.flush(zstandard.FLUSH_FRAME)
-        self._stream.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._stream = self._file = None
+
+    def drop_buffer(self) -> int:
+        """Last resort when the disk refuses writes for too long: forget buffered records."""
+        n = len(self._buf)
+        self._buf = bytearray()
+        return n
+
+    def close(self) -> None:
+        """Write what is buffered and close; on OSError the file stays open for a later retry."""
+        if self._fd is None:
+            return
+        self._write_buffer()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, int, bytes]]:

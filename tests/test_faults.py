@@ -1,0 +1,184 @@
+"""Every fault injected for real over a socket: the recorder keeps running, records an `error` or
+`gap` event, the book stays exact, and neighbouring valid messages are kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recorder import connect
+from recorder.collector import Collector
+from recorder.sim.bitmart import BitmartSpotSim
+
+from .recording import (
+    SYMBOLS,
+    assert_book_matches_truth,
+    assert_every_sent_trade_once,
+    books_valid,
+    finish,
+    options,
+    start,
+    wait_for,
+)
+
+
+async def run_fault(tmp_path: Path, sim: BitmartSpotSim, inject, settle, **opts) -> list[tuple]:
+    """Record, inject a fault once the books are valid, wait for `settle`, stop; return events."""
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim, **opts))
+    task = await start(c)
+    await wait_for(lambda: books_valid(c), 10, "first snapshots")
+    await asyncio.sleep(0.3)
+    before = {u: (s.book.snapshots, s.book.gaps) for u, s in c.streams.items()}
+    inject(sim)
+    await wait_for(lambda: settle(c, before), 20, "recovery from the fault")
+    await asyncio.sleep(0.3)  # neighbouring messages after the fault
+    await finish(c, sim, task)
+    assert_book_matches_truth(tmp_path, sim)
+    assert_every_sent_trade_once(tmp_path, sim)
+    return connect(tmp_path).execute("select symbol, channel, event, detail from events order by ts").fetchall()
+
+
+def resynced(user: str, n: int = 1):
+    return lambda c, before: c.streams[user].book.snapshots >= before[user][0] + n and books_valid(c)
+
+
+def reconnected(c: Collector, before) -> bool:
+    return sum(x.reconnects for x in c.connections) >= 1 and books_valid(c)
+
+
+def has(events, event: str, channel: str | None = None, text: str = "") -> bool:
+    return any(e == event and (channel is None or ch == channel) and text in d for _, ch, e, d in events)
+
+
+async def test_abrupt_disconnect(tmp_path, sim):
+    ev = await run_fault(tmp_path, sim, lambda s: s.drop_connections(), reconnected)
+    assert has(ev, "disconnect") and has(ev, "resync", "book", "starts book")
+
+
+async def test_server_stops_answering(tmp_path, sim):
+    def inject(s):
+        s.go_dead()
+
+    ev = await run_fault(tmp_path, sim, inject, reconnected, silence_timeout=1.5)
+    assert has(ev, "error", text="no data for")
+    assert has(ev, "disconnect")
+
+
+async def test_skipped_version_is_a_gap_and_resyncs(tmp_path, sim):
+    ev = await run_fault(tmp_path, sim, lambda s: s.skip_version("BTC_USDT"), resynced("BTC-USDT"))
+    assert has(ev, "gap", "book", "expected seq")
+
+
+async def test_duplicated_version_is_dropped(tmp_path, sim):
+    ev = await run_fault(tmp_path, sim, lambda s: s.duplicate_version("ETH_USDT"), resynced("ETH-USDT"))
+    assert has(ev, "error", "book", "out-of-order")
+
+
+async def test_version_going_backwards_is_dropped(tmp_path, sim):
+    ev = await run_fault(tmp_path, sim, lambda s: s.send_stale_version("BTC_USDT"), resynced("BTC-USDT"))
+    assert has(ev, "error", "book", "out-of-order")
+
+
+@pytest.mark.parametrize(
+    "inject, text",
+    [
+        (lambda s: s.send_malformed_json(), "undecodable"),
+        (lambda s: s.send_invalid_deflate(), "undecodable"),
+        (lambda s: s.send_deflate_bomb(), "deflate bomb"),
+    ],
+    ids=["malformed-json", "invalid-deflate", "deflate-bomb"],
+)
+async def test_garbage_frames_are_errors_and_books_resync(tmp_path, sim, inject, text):
+    ev = await run_fault(tmp_path, sim, inject, resynced("BTC-USDT"))
+    assert has(ev, "error", "trades", text) and has(ev, "error", "book", text)
+
+
+async def test_oversized_frame_drops_the_socket_and_reconnects(tmp_path, sim):
+    ev = await run_fault(tmp_path, sim, lambda s: s.send_oversized_frame(6 * 1024 * 1024), reconnected)
+    assert has(ev, "disconnect")
+
+
+async def test_subscribe_error_is_recorded_and_retried(tmp_path, sim):
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim, ack_timeout=1.0))
+    sim.fail_next_subscribe(1)
+    task = await start(c)
+    await wait_for(lambda: books_valid(c) and all(t.acked for x in c.connections for t in x.topics), 15, "retry")
+    await finish(c, sim, task)
+    ev = connect(tmp_path).execute("select symbol, channel, event, detail from events").fetchall()
+    assert has(ev, "error", text="90004")
+    assert_book_matches_truth(tmp_path, sim)
+
+
+async def test_bursty_sending(tmp_path, sim):
+    """A burst of thousands of updates at once (paused market stepped in one go)."""
+
+    def burst(s):
+        s.pause()
+        s.step(count=5000)
+        s.resume()
+
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
+    task = await start(c)
+    await wait_for(lambda: books_valid(c), 10, "first snapshots")
+    burst(sim)
+    await asyncio.sleep(0.5)
+    await finish(c, sim, task)
+    assert_book_matches_truth(tmp_path, sim)
+    assert_every_sent_trade_once(tmp_path, sim)
+    ev = connect(tmp_path).execute("select symbol, channel, event, detail from events").fetchall()
+    assert not has(ev, "gap") and not has(ev, "error")
+
+
+@pytest.mark.parametrize("status, retry_after", [(429, 0.3), (429, None), (500, None)])
+async def test_rest_errors_at_start_are_retried(tmp_path, sim, status, retry_after):
+    sim.fail_rest(status, count=2, retry_after=retry_after)
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
+    task = await start(c)
+    await wait_for(lambda: books_valid(c), 15, "start after REST errors")
+    await finish(c, sim, task)
+    assert_book_matches_truth(tmp_path, sim)
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+async def test_full_disk_pauses_retries_and_loses_nothing(tmp_path, sim):
+    """Fill a small tmpfs: writes fail with ENOSPC, rows wait in memory, then land once space is freed."""
+    data = tmp_path / "small"
+    if not _mount_tmpfs(data, "3m"):
+        pytest.skip("needs root and tmpfs to make a small disk")
+    try:
+        c = Collector("bitmart", list(SYMBOLS), options(data, sim))
+        task = await start(c)
+        await wait_for(lambda: books_valid(c), 10, "first snapshots")
+        ballast = data / "ballast"
+        with open(ballast, "wb") as fh:  # fill the disk
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        await wait_for(lambda: bool(c.write_errors), 10, "a failed write")
+        assert c.sink.pending_rows() > 0
+        ballast.unlink()  # space again: the retry must publish everything
+        await finish(c, sim, task)
+        assert c.sink.pending_rows() == 0 and c.dropped_rows == 0
+        assert_book_matches_truth(data, sim)
+        assert_every_sent_trade_once(data, sim)
+        for f in data.rglob("*.parquet"):
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(f)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
