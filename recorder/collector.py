@@ -62,7 +62,13 @@ class Options:
     max_buffered_rows: int = 1_000_000  # flush early past this many rows in memory
     snapshot_interval: float = 1.0  # book_snapshots cadence
     snapshot_depth: int = 20
-    silence_timeout: float = 30.0  # no frame at all for this long: the socket is dead
+    # Stale-stream watchdog: a connection is dead when silent for `silence_factor` times its usual
+    # gap between frames (learned from its own rate), but never sooner than `min_silence` (a quiet
+    # market is not a dead socket; pongs arrive every ping interval anyway) nor later than
+    # `silence_timeout`.
+    silence_timeout: float = 30.0
+    min_silence: float = 3.0
+    silence_factor: float = 50.0
     ack_timeout: float = 10.0  # resubscribe topics not acknowledged within this
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
     raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
@@ -368,15 +374,20 @@ class Connection:
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Text pings, the silence watchdog, and retries of unacked subscriptions and resyncs."""
         ad, opt = self.collector.adapter, self.collector.options
-        last_ping = time.monotonic()
+        last_ping = last_tick = time.monotonic()
         seen = self.frames
+        rate = 0.0  # frames per second, exponentially averaged over ~5 s
         while not ws.closed:
             await asyncio.sleep(0.5)
             now = time.monotonic()
+            rate += 0.1 * ((self.frames - seen) / (now - last_tick) - rate)
+            last_tick = now
             if self.frames != seen:
                 seen, self.last_recv = self.frames, now
-            if now - self.last_recv > opt.silence_timeout:
-                self.dispatcher.event(now_us(), None, ERROR, f"no data for {opt.silence_timeout:.0f} s")
+            limit = min(opt.silence_timeout, max(opt.min_silence, opt.silence_factor / rate if rate > 0 else 1e9))
+            if now - self.last_recv > limit:
+                detail = f"no data for {now - self.last_recv:.1f} s (usual rate {rate:.1f}/s): reconnecting"
+                self.dispatcher.event(now_us(), None, ERROR, detail)
                 await ws.close()
                 return
             if now - last_ping >= ad.PING_INTERVAL:
