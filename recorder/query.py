@@ -41,7 +41,20 @@ SELECT exchange, symbol, channel,
        next_ts AS end_ts,
        event AS start_event,
        coalesce(next_event, 'open') AS end_event,
-       next_detail AS end_detail
+       next_detail AS end_detail,
+       CASE
+           WHEN next_event IS NULL THEN NULL
+           WHEN next_event = 'gap' THEN 'sequence gap'
+           WHEN next_event = 'disconnect' THEN 'disconnect'
+           WHEN next_event = 'connect' THEN 'reconnect'
+           WHEN next_event = 'stop' AND next_detail LIKE 'crash%' THEN 'crash'
+           WHEN next_event = 'stop' THEN 'process stop'
+           WHEN next_detail LIKE 'crossed%' THEN 'crossed book'
+           WHEN next_detail LIKE '%no data for%' THEN 'stale stream'
+           WHEN next_detail LIKE 'disk:%' THEN 'data dropped (disk)'
+           WHEN next_detail LIKE 'out-of-order%' THEN 'out-of-order update'
+           ELSE 'error'
+       END AS end_cause
 FROM changes WHERE up = 1
 """
 

@@ -57,6 +57,13 @@ async def test_book_exact_and_trades_once_through_gaps_disconnects_and_garbage(t
     assert kinds[("ETH-USDT", "book", "disconnect")] == 1
     assert kinds[("ETH-USDT", "trades", "error")] >= 2  # malformed JSON + invalid deflate
     assert kinds[("BTC-USDT", "trades", "stop")] == 1
+    # coverage: continuous valid intervals and why each ended; complete seconds in one query
+    cov = set(con.execute("select symbol, channel, end_cause from coverage").fetchall())
+    assert {("BTC-USDT", "book", "sequence gap"), ("ETH-USDT", "trades", "disconnect"),
+            ("ETH-USDT", "trades", "process stop")} <= cov
+    complete = [b for (b,) in con.execute(
+        "select complete from completeness('bitmart', 'BTC-USDT', 'book', INTERVAL 1 second)").fetchall()]
+    assert True in complete and False in complete[1:-1]
     # book_snapshots: the validated top 20, best first, never crossed
     snaps = con.execute(
         "select bids[1].price, asks[1].price, len(bids), len(asks) from book_snapshots"
