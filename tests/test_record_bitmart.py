@@ -62,7 +62,7 @@ async def test_book_exact_and_trades_once_through_gaps_disconnects_and_garbage(t
     assert {("BTC-USDT", "book", "sequence gap"), ("ETH-USDT", "trades", "disconnect"),
             ("ETH-USDT", "trades", "process stop")} <= cov
     complete = [b for (b,) in con.execute(
-        "select complete from completeness('bitmart', 'BTC-USDT', 'book', INTERVAL 1 second)").fetchall()]
+        "select complete from completeness('bitmart', 'BTC-USDT', 'book', INTERVAL 100 millisecond)").fetchall()]
     assert True in complete and False in complete[1:-1]
     # book_snapshots: the validated top 20, best first, never crossed
     snaps = con.execute(
