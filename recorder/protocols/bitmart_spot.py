@@ -90,10 +90,23 @@ _SMALL_FRAME = MAX_INFLATED_BYTES // 1100
 
 
 def inflate(data: bytes) -> bytes:
-    """One frame = one independent raw-deflate stream. Raises ValueError past the size cap."""
+    """One frame = one independent raw-deflate stream. Raises ValueError past the size cap.
+
+    BitMart documents raw deflate; a zlib- or gzip-wrapped stream is accepted too (servers that
+    speak the protocol less strictly), at the cost of a second attempt only for such frames.
+    """
+    try:
+        return _inflate(data, -zlib.MAX_WBITS)
+    except zlib.error:
+        if data[:1] in (b"\x78", b"\x1f"):  # zlib / gzip header
+            return _inflate(data, 32 + zlib.MAX_WBITS)
+        raise
+
+
+def _inflate(data: bytes, wbits: int) -> bytes:
     if len(data) < _SMALL_FRAME:
-        return zlib.decompress(data, -zlib.MAX_WBITS)
-    d = zlib.decompressobj(-zlib.MAX_WBITS)
+        return zlib.decompress(data, wbits)
+    d = zlib.decompressobj(wbits)
     out = d.decompress(data, MAX_INFLATED_BYTES)
     if d.unconsumed_tail:
         raise ValueError(f"frame inflates past {MAX_INFLATED_BYTES} bytes (deflate bomb?)")
@@ -111,11 +124,12 @@ def decode(frame: bytes | str) -> bytes | str:
 
 
 DECODE_ERRORS = (zlib.error, ValueError)
+_KEEPALIVE_TEXTS = frozenset(["pong", b"pong", "ping", b"ping"])
 
 
 def parse(raw: bytes | str) -> list[Message]:
     """Decode one payload into messages. Never raises: bad input becomes ProtocolError."""
-    if raw == "pong" or raw == b"pong":
+    if raw in _KEEPALIVE_TEXTS:  # our pong, or a server's own text ping (nothing to answer)
         return [Pong()]
     try:
         doc = orjson.loads(raw)

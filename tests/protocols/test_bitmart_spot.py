@@ -64,6 +64,14 @@ def test_text_acks_errors_and_pong():
     assert bm.parse_frame("pong") == [Pong()]
 
 
+def test_zlib_and_gzip_wrapped_frames_are_accepted_too():
+    import gzip
+
+    raw = orjson.dumps(TRADES)
+    assert bm.parse_frame(zlib.compress(raw)) == bm.parse_frame(deflate(TRADES))
+    assert bm.parse_frame(gzip.compress(raw)) == bm.parse_frame(deflate(TRADES))
+
+
 def test_garbage_becomes_errors_not_exceptions():
     assert bm.parse_frame(b"\x00\x01not deflate")[0].code == "decode"
     assert bm.parse_frame(deflate(b"{not json"))[0].code == "decode"
