@@ -53,7 +53,7 @@ def now_us() -> int:
 
 @dataclass
 class Options:
-    data_dir: Path = Path("data")
+    data_dir: Path | None = Path("data")  # None: keep nothing on disk (an in-process feed)
     channels: tuple[str, ...] = CHANNELS
     duration: float | None = None
     ws_url: str | None = None
@@ -96,10 +96,17 @@ class Stream:
         self.replay_guard_until = 0
         self.duplicates_dropped = 0
         self.trade_count = 0
+        # In-process consumers (the live candles feed): called with each batch of accepted trade
+        # rows (ts, recv_ts, trade_id, side, price, amount) and each event row, after buffering.
+        self.trade_listeners: list[Callable[[Stream, list[tuple]], None]] = []
+        self.event_listeners: list[Callable[[Stream, tuple], None]] = []
 
     def event(self, channel: str, event: str, detail: str = "", ts: int | None = None) -> None:
         t = ts if ts is not None else now_us()
-        self.events.append((t, t, channel, event, detail))
+        row = (t, t, channel, event, detail)
+        self.events.append(row)
+        for fn in self.event_listeners:
+            fn(self, row)
 
     def snapshot_row(self, depth: int, taken_at: int) -> None:
         """A `book_snapshots` row: the validated top-N as of the last applied message.
@@ -114,6 +121,7 @@ class Stream:
 
     def on_trades(self, batch: TradeBatch, recv: int) -> None:
         rows, recent = self.trades, self.recent_trades
+        start = len(rows)
         for ts, tid, side, price, amount in batch.trades:
             if tid is None:
                 key = (ts, side, price, amount)
@@ -122,6 +130,10 @@ class Stream:
                 recent.append(key)
             rows.append((ts, recv, tid, side, price, amount))
             self.trade_count += 1
+        if self.trade_listeners:
+            accepted = rows[start:]
+            for fn in self.trade_listeners:
+                fn(self, accepted)
 
     def _is_replayed(self, key: tuple, ts: int) -> bool:
         guard = self.replay_guard
@@ -427,6 +439,7 @@ class Collector:
         self.write_errors: list[str] = []
         self.dropped_rows = 0
         self.dropped_raw_bytes = 0
+        self.lock: RunLock | None = None
         self._last_disk_warning = -1e9
 
     def spawn(self, coro) -> None:
@@ -439,9 +452,13 @@ class Collector:
 
     async def prepare(self) -> None:
         """Validate everything that can be wrong before recording: data dir, symbols, endpoint."""
-        check_writable(self.options.data_dir)
-        self.lock = RunLock(self.options.data_dir)
-        recover(self.options.data_dir, alive=lambda run: run_is_alive(self.options.data_dir, run))
+        data_dir = self.options.data_dir
+        if data_dir is None:
+            self.options.raw = False
+        else:
+            check_writable(data_dir)
+            self.lock = RunLock(data_dir)
+            recover(data_dir, alive=lambda run: run_is_alive(data_dir, run))
         self.session = new_session()
         try:
             markets = await fetch_markets(self.session, self.adapter, self.rest_url)
@@ -519,7 +536,8 @@ class Collector:
                     except OSError as exc:
                         written = None
                         self._disk_trouble(f"cannot close raw log: {exc.strerror or exc}")
-            self.lock.finish(clean=written is not None)
+            if self.lock is not None:
+                self.lock.finish(clean=written is not None)
             await self.session.close()
 
     def stop(self) -> None:

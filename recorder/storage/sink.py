@@ -162,8 +162,8 @@ class ParquetSink:
     nothing is lost, and reports through `on_error`.
     """
 
-    def __init__(self, data_dir: str | Path, on_error: Callable[[str], None] | None = None) -> None:
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir: str | Path | None, on_error: Callable[[str], None] | None = None) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else None  # None: discard rows
         self.on_error = on_error
         self._buffers: dict[tuple[str, str, str], list[tuple]] = {}
         self._lock = threading.Lock()  # flushes may run in a worker thread
@@ -204,6 +204,8 @@ class ParquetSink:
         """
         written: list[Path] = []
         rows_written = 0
+        if self.data_dir is None:
+            return sum(len(rows) for rows in taken.values())
         with self._lock:
             try:
                 for key, rows in taken.items():
