@@ -32,13 +32,13 @@ class ReplayedBook:
 def rebuild_book(
     data_dir: str | Path, exchange: str, symbol: str, until: dt.datetime | None = None
 ) -> ReplayedBook:
-    """The book after replaying every `book_updates` row of a stream (up to `until`, exclusive)."""
+    """The book as of `until` (received at or before it; default: everything) for one stream."""
     glob = table_glob(data_dir, "book_updates")
     if not any(Path(data_dir).glob("book_updates/*/*/*/*.parquet")):
         return ReplayedBook()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    where = "exchange = ? AND symbol = ?" + (" AND recv_ts < ?" if until else "")
+    where = "exchange = ? AND symbol = ?" + (" AND recv_ts <= ?" if until else "")
     params: list = [exchange, symbol] + ([until] if until else [])
     tbl = con.sql(
         f"""SELECT recv_ts, ts, seq, is_snapshot, side, price, amount

@@ -46,6 +46,8 @@ def run(
     channels: str = typer.Option("trades,book", "--channels", help="comma list of trades,book"),
     duration: float | None = typer.Option(None, "--duration", help="stop cleanly after this many seconds"),
     sim: bool = typer.Option(False, "--sim", help="record from the built-in simulator on 127.0.0.1"),
+    sim_rate: float = typer.Option(50.0, "--sim-rate", help="with --sim: market events per second"),
+    sim_seed: int = typer.Option(0, "--sim-seed", help="with --sim: the simulator's random seed"),
     ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
     rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
     flush_interval: float = typer.Option(60.0, "--flush-interval", help="publish files at least this often (s)"),
@@ -65,7 +67,8 @@ def run(
         flush_interval=flush_interval,
         raw=raw,
     )
-    _guard(lambda: asyncio.run(record(exchange, symbols, opts, sim=sim, status=not quiet)))
+    sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
+    _guard(lambda: asyncio.run(record(exchange, symbols, opts, sim=sim_options, status=not quiet)))
 
 
 @app.command()

@@ -34,13 +34,26 @@ def simulator_class(exchange: str):
     return getattr(__import__(mod, fromlist=[name]), name)
 
 
-async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = False, status: bool = True) -> Collector:
-    """Record until SIGINT/SIGTERM or `opts.duration`; returns the finished collector."""
+async def record(
+    exchange: str,
+    symbols: list[str],
+    opts: Options,
+    sim: dict | bool | None = None,
+    status: bool = True,
+    signals: bool = True,
+) -> Collector:
+    """Record until SIGINT/SIGTERM or `opts.duration`; returns the finished collector.
+
+    `sim` (True, or the simulator's options such as {"rate": 200, "seed": 1}) starts the built-in
+    simulator of `exchange` on 127.0.0.1 and records from it. `signals=False` leaves SIGINT/SIGTERM
+    alone (inside a Jupyter kernel, say); stop with `opts.duration` then.
+    """
     from recorder.cli import install_signal_handlers
 
     simulator = None
     if sim:
-        simulator = simulator_class(exchange)(seed=0, **LONG_RUNNING_SIM)
+        sim_options = {"seed": 0, **LONG_RUNNING_SIM, **(sim if isinstance(sim, dict) else {})}
+        simulator = simulator_class(exchange)(**sim_options)
         await simulator.start(host="127.0.0.1", port=0)
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
@@ -52,7 +65,8 @@ async def record(exchange: str, symbols: list[str], opts: Options, sim: bool = F
         if recovered.runs:
             console.print(f"recovered {recovered.rows:,} rows of {recovered.runs} crashed run(s) from raw logs")
         await collector.prepare()
-        install_signal_handlers(collector.stop)
+        if signals:
+            install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty()
         console.print(
             f"recording {exchange} {', '.join(collector.streams)} -> {opts.data_dir} "

@@ -1,0 +1,286 @@
+"""Exchange klines -> the `exchange_candles` table: paginated, rate-limited, resumable, idempotent.
+
+BitMart spot serves history at `GET /spot/quotation/v3/klines` (`step` in minutes, `after` and
+`before` in seconds, at most 200 rows a call, 10 calls per 2 s per IP). The range is cut into
+fixed windows of 200 candles; a window whose candles are all already stored is skipped (that is
+what makes an interrupted run resumable). Fetched rows are merged with the stored rows of the
+dates they touch, one row per (interval, open_time), newest fetch wins, and those partitions are
+replaced crash-safely: re-running over the same range never duplicates rows. Only closed candles
+are fetched: the range ends at the start of the current interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recorder import exchanges, symbols
+from recorder.candles.build import STATE_DIR, duckdb_session, state_lock
+from recorder.errors import RecorderError
+from recorder.model import SCHEMAS
+from recorder.storage.layout import partition_dir
+from recorder.storage.sink import recover, replace_partition_files, rows_to_table, split_by_date
+from recorder.transport import SendLimiter, get_json, new_session
+
+TABLE = "exchange_candles"
+KLINES_PATH = "/spot/quotation/v3/klines"
+STEP_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240, "1d": 1440}
+PAGE_LIMIT = 200
+RATE_LIMIT = (10, 2.0)  # documented: 10 requests per 2 s per IP for /spot/quotation/v3/klines
+FLUSH_ROWS = 20_000  # rows buffered before the touched partitions are rewritten
+SUPPORTED = ("bitmart",)
+TimeLike = str | int | float | datetime
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did: windows fetched or skipped (already stored), rows fetched and stored."""
+
+    exchange: str
+    symbol: str
+    interval: str
+    start: datetime
+    end: datetime
+    windows: int = 0
+    skipped: int = 0
+    requests: int = 0
+    rows_fetched: int = 0
+    partitions: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def parse_time(value: TimeLike) -> datetime:
+    """ISO date or datetime (naive = UTC), epoch seconds, or a datetime -> aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    text = value.strip()
+    if text.lstrip("-").replace(".", "", 1).isdigit():
+        return datetime.fromtimestamp(float(text), UTC)
+    try:
+        return parse_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise RecorderError(
+            f"cannot read time {value!r}: use ISO 8601 (2024-05-01T12:00) or epoch seconds"
+        ) from None
+
+
+def windows(start_s: int, end_s: int, step_s: int) -> list[tuple[int, int]]:
+    """[start, end) cut into request windows of PAGE_LIMIT candles, open times in seconds."""
+    span = PAGE_LIMIT * step_s
+    return [(t, min(t + span, end_s)) for t in range(start_s, end_s, span)]
+
+
+def backfill(
+    data_dir: str | Path,
+    exchange: str,
+    symbol: str,
+    interval: str = "1m",
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    rest_url: str | None = None,
+    rate_limit: tuple[int, float] = RATE_LIMIT,
+    progress: bool = False,
+) -> BackfillReport:
+    """Fetch the exchange's `interval` klines over [start, end) into `exchange_candles` (sync wrapper)."""
+    return asyncio.run(
+        backfill_async(data_dir, exchange, symbol, interval, start, end, rest_url, rate_limit, progress)
+    )
+
+
+async def backfill_async(
+    data_dir: str | Path,
+    exchange: str,
+    symbol: str,
+    interval: str = "1m",
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    rest_url: str | None = None,
+    rate_limit: tuple[int, float] = RATE_LIMIT,
+    progress: bool = False,
+) -> BackfillReport:
+    """Fetch the exchange's `interval` klines over [start, end) into `exchange_candles`.
+
+    `start` defaults to one day before `end`, `end` to now; both are rounded down to the interval.
+    """
+    job = _Job.create(data_dir, exchange, symbol, interval, start, end, rest_url)
+    limiter = SendLimiter(*rate_limit)
+    started = time.perf_counter()
+    async with new_session() as session:
+        job.wire = await _wire_symbol(session, job.exchange, job.rest_url, job.symbol)
+        with state_lock(job.root / TABLE / STATE_DIR), _bar(progress, len(job.windows)) as bar:
+            recover(job.root / TABLE)
+            await job.run(session, limiter, bar)
+    job.report.seconds = time.perf_counter() - started
+    return job.report
+
+
+async def _wire_symbol(session: aiohttp.ClientSession, exchange: str, rest_url: str, symbol: str) -> str:
+    adapter = exchanges.adapter(exchange)
+    markets = await symbols.fetch_markets(session, adapter, rest_url)
+    return symbols.resolve([symbol], markets, exchange)[symbols.normalize(symbol)]
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    columns = [TextColumn("klines"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        bar.add_task("klines", total=total)
+        yield bar
+
+
+@dataclass
+class _Job:
+    root: Path
+    exchange: str
+    symbol: str
+    interval: str
+    rest_url: str
+    windows: list[tuple[int, int]]
+    report: BackfillReport
+    wire: str = ""
+    buffer: list[tuple] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: str | Path,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        start: TimeLike | None,
+        end: TimeLike | None,
+        rest_url: str | None,
+    ) -> _Job:
+        exchange = exchange.lower()
+        if exchange not in SUPPORTED:
+            raise RecorderError(f"backfill supports {', '.join(SUPPORTED)}, not {exchange!r}")
+        if interval not in STEP_MINUTES:
+            raise RecorderError(
+                f"{exchange} klines have no interval {interval!r}; use one of {', '.join(STEP_MINUTES)}"
+            )
+        step_s = STEP_MINUTES[interval] * 60
+        now_s = int(time.time())
+        end_s = int(parse_time(end).timestamp()) if end is not None else now_s
+        end_s = min(end_s, now_s) // step_s * step_s  # closed candles only
+        start_s = int(parse_time(start).timestamp()) if start is not None else end_s - 86_400
+        start_s = start_s // step_s * step_s
+        if start_s >= end_s:
+            raise RecorderError("empty range: --start must be before --end (and before the current interval)")
+        user = symbols.normalize(symbol)
+        adapter = exchanges.adapter(exchange)
+        report = BackfillReport(
+            exchange, user, interval, datetime.fromtimestamp(start_s, UTC), datetime.fromtimestamp(end_s, UTC)
+        )
+        url = (rest_url or adapter.REST_URL).rstrip("/")
+        return cls(Path(data_dir), exchange, user, interval, url, windows(start_s, end_s, step_s), report)
+
+    @property
+    def step_s(self) -> int:
+        return STEP_MINUTES[self.interval] * 60
+
+    async def run(self, session: aiohttp.ClientSession, limiter: SendLimiter, bar: Progress | None) -> None:
+        stored = self.stored_open_times()
+        try:
+            for lo, hi in self.windows:
+                self.report.windows += 1
+                if all(t in stored for t in range(lo, hi, self.step_s)):
+                    self.report.skipped += 1
+                else:
+                    await limiter.acquire()
+                    self.buffer += await self.fetch(session, lo, hi)
+                    if len(self.buffer) >= FLUSH_ROWS:
+                        self.flush()
+                if bar is not None:
+                    bar.advance(bar.task_ids[0])
+        finally:  # keep what was fetched, even on Ctrl-C or an error: the next run resumes from there
+            self.flush()
+
+    async def fetch(self, session: aiohttp.ClientSession, lo: int, hi: int) -> list[tuple]:
+        """One page: rows with open time in [lo, hi), as `exchange_candles` row tuples."""
+        params = {
+            "symbol": self.wire,
+            "step": STEP_MINUTES[self.interval],
+            "after": lo - 1,  # works whether the exchange treats after/before as strict or not
+            "before": hi - 1,
+            "limit": PAGE_LIMIT,
+        }
+        self.report.requests += 1
+        doc = await get_json(session, self.rest_url + KLINES_PATH, params)
+        if not isinstance(doc, dict) or doc.get("code") != 1000:
+            code, message = (doc.get("code"), doc.get("message")) if isinstance(doc, dict) else (None, doc)
+            raise RecorderError(f"{self.exchange} klines error {code}: {message}")
+        recv_us = time.time_ns() // 1000
+        rows = []
+        for item in doc.get("data") or []:
+            t = int(item[0])
+            if lo <= t < hi and t % self.step_s == 0:
+                o, h, low, c, v, qv = (float(x) for x in item[1:7])
+                us = t * 1_000_000
+                rows.append((us, recv_us, self.interval, us, o, h, low, c, v, qv, None))
+        rows.sort(key=lambda r: r[0])
+        self.report.rows_fetched += len(rows)
+        return rows
+
+    def stored_open_times(self) -> set[int]:
+        """Open times (s) of this interval already in exchange_candles over the job's range."""
+        if not self.windows:
+            return set()
+        base = self.root / TABLE / f"exchange={self.exchange}" / f"symbol={self.symbol}"
+        files = sorted(str(p) for p in base.glob("date=*/*.parquet"))
+        if not files:
+            return set()
+        lo, hi = self.windows[0][0], self.windows[-1][1]
+        con = duckdb_session()
+        try:
+            rows = con.execute(
+                "SELECT DISTINCT epoch(open_time)::BIGINT FROM read_parquet(?, hive_partitioning = false) "
+                "WHERE interval = ? AND open_time >= to_timestamp(?) AND open_time < to_timestamp(?)",
+                [files, self.interval, lo, hi],
+            ).fetchall()
+        finally:
+            con.close()
+        return {r[0] for r in rows}
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        fresh = rows_to_table(TABLE, self.buffer)
+        self.buffer = []
+        for day, part in split_by_date(fresh):
+            merge_partition(partition_dir(self.root, TABLE, self.exchange, self.symbol, day), part)
+            self.report.partitions.add(day)
+
+
+def merge_partition(directory: Path, fresh: pa.Table) -> None:
+    """Replace a partition's files by their rows plus `fresh`, one row per (interval, open_time)."""
+    old = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    con = duckdb_session()
+    try:
+        con.register("fresh", fresh)
+        source = "SELECT * FROM fresh"
+        if old:
+            source += " UNION ALL BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)"
+        merged = con.sql(
+            f"SELECT * FROM ({source}) "
+            "QUALIFY row_number() OVER (PARTITION BY interval, open_time ORDER BY recv_ts DESC) = 1 "
+            "ORDER BY interval, open_time",
+            params=[[str(p) for p in old]] if old else None,
+        ).to_arrow_table()
+    finally:
+        con.close()
+    replace_partition_files(directory, merged.select(SCHEMAS[TABLE].names).cast(SCHEMAS[TABLE]), old)

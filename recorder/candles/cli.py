@@ -1,0 +1,144 @@
+"""`recorder candles ...`: thin typer commands over build_candles, backfill and verify."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recorder.candles.backfill import backfill as run_backfill
+from recorder.candles.build import DEFAULT_INTERVALS, build_candles, parse_intervals
+from recorder.candles.verify import ATOL, RTOL, VerifyResult
+from recorder.candles.verify import verify as run_verify
+from recorder.errors import RecorderError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Candles: build them from recorded trades, backfill the exchange's own, verify one against the other.",
+)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DATA_DIR = typer.Option(Path("data"), "--data-dir", help="the recorder's data dir")
+
+
+def _guard(call: Callable[[], T]) -> T:
+    """Bad input ends the command with one clear line on stderr and exit status 2, no traceback."""
+    try:
+        return call()
+    except (RecorderError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def build(
+    data_dir: Path = DATA_DIR,
+    exchange: str | None = typer.Option(None, "--exchange", help="only this exchange"),
+    symbol: str | None = typer.Option(None, "--symbol", help="only this symbol (BASE-QUOTE)"),
+    interval: str = typer.Option(",".join(DEFAULT_INTERVALS), "--interval", help="comma list of intervals"),
+    fill: bool = typer.Option(False, "--fill", help="write flat zero-volume candles where no trade happened"),
+) -> None:
+    """Aggregate recorded trades into the `candles` table (incremental: only changed dates are redone)."""
+    report = _guard(lambda: build_candles(data_dir, exchange, symbol, parse_intervals(interval), fill=fill))
+    counts = Counter(a[3] for a in report.actions)
+    done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing to do"
+    out.print(
+        f"candles: {done}; {report.skipped} date(s) unchanged; {report.rows:,} rows written "
+        f"in {report.seconds:.2f} s",
+        highlight=False,
+    )
+
+
+@app.command()
+def backfill(
+    exchange: str = typer.Argument(..., help="bitmart"),
+    symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
+    interval: str = typer.Option("1m", "--interval", help="1m 5m 15m 1h 4h 1d"),
+    start: str | None = typer.Option(
+        None, "--start", help="ISO time or epoch seconds (default: end - 1 day)"
+    ),
+    end: str | None = typer.Option(None, "--end", help="ISO time or epoch seconds (default: now)"),
+    data_dir: Path = DATA_DIR,
+    rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Fetch the exchange's own klines into `exchange_candles` (resumable; re-runs add no duplicates)."""
+    report = _guard(
+        lambda: run_backfill(data_dir, exchange, symbol, interval, start, end, rest_url, progress=not quiet)
+    )
+    out.print(
+        f"exchange_candles: {report.rows_fetched:,} {interval} klines of {report.symbol} "
+        f"from {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; "
+        f"{report.requests} request(s), {report.skipped}/{report.windows} window(s) already stored; "
+        f"{report.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+@app.command()
+def verify(
+    exchange: str = typer.Argument(..., help="exchange name"),
+    symbol: str = typer.Argument(..., help="BASE-QUOTE"),
+    interval: str = typer.Option("1m", "--interval"),
+    start: str | None = typer.Option(None, "--start", help="default: first stored exchange candle"),
+    end: str | None = typer.Option(None, "--end", help="default: after the last stored exchange candle"),
+    data_dir: Path = DATA_DIR,
+    rtol: float = typer.Option(RTOL, "--rtol", help="relative tolerance for float fields"),
+    atol: float = typer.Option(ATOL, "--atol", help="absolute tolerance for float fields"),
+    show: int = typer.Option(20, "--show", help="list at most this many mismatching fields"),
+) -> None:
+    """Compare built candles with exchange candles; exit 0 only if every complete built candle matches."""
+    result = _guard(lambda: run_verify(data_dir, exchange, symbol, interval, start, end, rtol, atol))
+    out.print(_summary(result))
+    if result.mismatches and show > 0:
+        out.print(_mismatch_table(result, show))
+    verdict = "[green]OK[/]" if result.ok else "[red]FAILED[/]"
+    if result.compared == 0:
+        verdict += " (no complete built candle overlaps the exchange candles: build and backfill first)"
+    out.print(f"verify {result.exchange} {result.symbol} {interval}: {verdict}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _summary(r: VerifyResult) -> Table:
+    span = f"{r.start:%Y-%m-%d %H:%M} .. {r.end:%Y-%m-%d %H:%M} UTC" if r.start and r.end else "no data"
+    table = Table(title=f"{r.exchange} {r.symbol} {r.interval} candles, {span}", show_header=True)
+    table.add_column("category")
+    table.add_column("candles", justify="right")
+    rows = [
+        ("complete, match", r.matched, "green"),
+        ("complete, mismatch", r.mismatched, "red"),
+        ("complete, missing on the exchange", r.missing_exchange, "red"),
+        ("exchange only, inside recorded coverage", r.missed_in_coverage, "red"),
+        ("exchange only, outside coverage", r.missing_built - r.missed_in_coverage, "yellow"),
+        ("incomplete (recording gap), match", r.incomplete_matched, "dim"),
+        ("incomplete (recording gap), mismatch", r.incomplete_mismatched, "yellow"),
+        ("empty on one side", r.empty_both, "dim"),
+    ]
+    for label, count, style in rows:
+        table.add_row(label, f"{count:,}", style=style if count else "dim")
+    return table
+
+
+def _mismatch_table(r: VerifyResult, limit: int) -> Table:
+    table = Table(title=f"mismatches (first {min(limit, len(r.mismatches))} of {len(r.mismatches)})")
+    for name in ("open time (UTC)", "field", "built", "exchange", "difference", "complete"):
+        table.add_column(name, justify="right" if name in ("built", "exchange", "difference") else "left")
+    for m in r.mismatches[:limit]:
+        table.add_row(
+            f"{m.open_time:%Y-%m-%d %H:%M:%S}",
+            m.field,
+            f"{m.built:.10g}",
+            f"{m.exchange:.10g}",
+            f"{m.difference:+.3g}",
+            "yes" if m.complete else "no",
+        )
+    return table
