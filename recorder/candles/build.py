@@ -149,7 +149,8 @@ def duckdb_session() -> duckdb.DuckDBPyConnection:
         _DB.append(duckdb.connect())
     con = _DB[0].cursor()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    with contextlib.suppress(duckdb.Error):  # a Jupyter kernel without ipywidgets refuses the setting
+        con.execute("SET enable_progress_bar = false")
     return con
 
 
