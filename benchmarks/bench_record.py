@@ -51,7 +51,7 @@ def sim_process(conn, symbols: int, events: int) -> None:
     asyncio.run(main())
 
 
-def run(symbols: int, events: int, raw: bool) -> dict:
+def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dict:
     parent, child = mp.Pipe()
     proc = mp.Process(target=sim_process, args=(child, symbols, events), daemon=True)
     proc.start()
@@ -65,6 +65,10 @@ def run(symbols: int, events: int, raw: bool) -> dict:
     if not raw:
         cmd.append("--no-raw")
     rec = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    spy = None
+    if profile:  # sample the recorder with py-spy (collapsed stacks), e.g. to find hot spots
+        spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last, still, started = -1, 0.0, time.monotonic()
     while True:  # wait until the simulator has sent the whole tape (frame count stops moving)
         msg = parent.recv()
@@ -87,6 +91,8 @@ def run(symbols: int, events: int, raw: bool) -> dict:
     _, status, usage = os.wait4(rec.pid, 0)
     rec.returncode = os.waitstatus_to_exitcode(status)
     err = rec.stderr.read()
+    if spy is not None:
+        spy.wait(30)
     proc.join(10)
     if rec.returncode != 0:
         raise SystemExit(f"recorder failed: {err}")
@@ -132,8 +138,9 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=1)
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--no-raw", action="store_true", help="disable raw capture")
+    ap.add_argument("--profile", metavar="PATH", help="record py-spy collapsed stacks of the recorder here")
     a = ap.parse_args()
-    res = run(a.symbols, a.events, not a.no_raw)
+    res = run(a.symbols, a.events, not a.no_raw, a.profile)
     OUT.mkdir(exist_ok=True)
     (OUT / f"record-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
