@@ -17,7 +17,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from recorder.sim.market import (
 TRADE = "spot/trade"
 INCREASE = "spot/depth/increase100"
 TICKER = "spot/ticker"
+BOOK_TICKER = "spot/bookTicker"
 DEPTH_ALL = {"spot/depth5": 5, "spot/depth20": 20, "spot/depth50": 50}
 KLINE_STEPS = {  # WS kline channel -> minutes
     "spot/kline1m": 1,
@@ -59,7 +60,7 @@ KLINE_STEPS = {  # WS kline channel -> minutes
     "spot/kline1W": 10080,
     "spot/kline1M": 43200,
 }
-CHANNELS = frozenset({TRADE, INCREASE, TICKER, *DEPTH_ALL, *KLINE_STEPS})
+CHANNELS = frozenset({TRADE, INCREASE, TICKER, BOOK_TICKER, *DEPTH_ALL, *KLINE_STEPS})
 INCREASE_DEPTH = 100
 
 MAX_TOPICS_PER_MESSAGE = 20
@@ -95,6 +96,9 @@ REST_LIMITS: dict[str, tuple[int, int]] = {
     "/spot/quotation/v3/klines": (10, 2),
     "/spot/quotation/v3/books": (15, 2),
     "/spot/quotation/v3/trades": (15, 2),
+    # Not in bitmart.md: from ccxt's cost weights (3 = 10/s), i.e. 1/s and 6/s.
+    "/account/v1/currencies": (2, 2),
+    "/contract/public/details": (12, 2),
 }
 KLINE_REST_STEPS = frozenset({1, 3, 5, 15, 30, 45, 60, 120, 180, 240, 1440, 10080, 43200})
 KLINE_MAX_LIMIT = 200
@@ -142,6 +146,20 @@ def trade_message(trades: Sequence[Trade]) -> bytes:
         for t in trades
     ]
     return encode_push(TRADE, items)
+
+
+def book_ticker_message(symbol: str, touch: tuple[str, str, str, str], ms_t: int) -> bytes:
+    """`spot/bookTicker` (bitmart.md §2.6: fields from the official Go SDK and BitMart.Net, no wire sample)."""
+    bid_px, bid_sz, ask_px, ask_sz = touch
+    item = {
+        "symbol": symbol,
+        "bid_px": bid_px,
+        "bid_sz": bid_sz,
+        "ask_px": ask_px,
+        "ask_sz": ask_sz,
+        "ms_t": ms_t,
+    }
+    return encode_push(BOOK_TICKER, [item])
 
 
 def split_changes(event: MarketEvent) -> tuple[list[list[str]], list[list[str]]]:
@@ -206,6 +224,7 @@ class SimConnection:
     _alive: asyncio.Event = field(default_factory=asyncio.Event)
     _recent: deque[float] = field(default_factory=deque)
     _cursors: dict[str, _Cursor] = field(default_factory=dict)
+    _touch_sent: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)  # bookTicker, per symbol
 
     def push(self, kind: int, payload: Any, trades: Sequence[Trade] | None = None) -> None:
         if self.closed:
@@ -702,6 +721,9 @@ class BitmartSpotSim:
     def _drop_topic(self, conn: SimConnection, topic: str) -> None:
         conn.topics.discard(topic)
         conn._cursors.pop(topic, None)
+        channel, _, symbol = topic.partition(":")
+        if channel == BOOK_TICKER:
+            conn._touch_sent.pop(symbol, None)
         subs = self._subs.get(topic)
         if subs is not None:
             subs.discard(conn)
@@ -718,6 +740,9 @@ class BitmartSpotSim:
         elif channel == TRADE:
             if self.full_speed and symbol in self._tapes:
                 conn._cursors[f"{TRADE}:{symbol}"] = _Cursor(self._tapes[symbol].trades, True)
+        elif channel == BOOK_TICKER:
+            if not self.full_speed:
+                self._push_book_ticker(symbol, (conn,))
         elif not self.full_speed:
             frame = self._full_book_frame(channel, symbol)
             if frame is not None:
@@ -771,11 +796,15 @@ class BitmartSpotSim:
                 conn.push_binary(frame)
 
     async def _full_book_loop(self) -> None:
-        """depth5/20/50, ticker and kline pushes for symbols that changed, every `full_book_interval`."""
+        """depth5/20/50, ticker and kline pushes for symbols that changed, every `full_book_interval`;
+        bookTicker pushes for those whose top of book changed since the subscriber's last push."""
         while True:
             await asyncio.sleep(self.full_book_interval)
             dirty, self._dirty = self._dirty, set()
             for symbol in dirty:
+                subs = self._subs.get(f"{BOOK_TICKER}:{symbol}")
+                if subs:
+                    self._push_book_ticker(symbol, subs)
                 for channel in (*DEPTH_ALL, TICKER, *KLINE_STEPS):
                     subs = self._subs.get(f"{channel}:{symbol}")
                     if not subs:
@@ -798,6 +827,18 @@ class BitmartSpotSim:
             return None
         candle = [k.open_time, k.open, k.high, k.low, k.close, k.volume]
         return encode_push(channel, [{"candle": candle, "symbol": symbol}])
+
+    def _push_book_ticker(self, symbol: str, subs: Iterable[SimConnection]) -> None:
+        """The current best bid/ask to each of `subs` that was not sent exactly this touch last."""
+        touch = self._touch(symbol)
+        frame: bytes | None = None
+        for conn in subs:
+            if conn._touch_sent.get(symbol) == touch:
+                continue
+            if frame is None:
+                frame = book_ticker_message(symbol, touch, self.market.clock())
+            conn._touch_sent[symbol] = touch
+            conn.push_binary(frame)
 
     def _ticker_item(self, symbol: str, ms_t: int) -> dict[str, Any]:
         stats = self.market.stats_24h(symbol, ms_t)
@@ -963,6 +1004,9 @@ class BitmartSpotSim:
             "/spot/quotation/v3/tickers": self._rest_tickers,
             "/spot/quotation/v3/klines": self._rest_klines,
             "/spot/quotation/v3/lite-klines": self._rest_klines,
+            "/account/v1/currencies": self._rest_account_currencies,
+            # Futures host (api-cloud-v2) in production; ccxt's load_markets() fetches it too.
+            "/contract/public/details": self._rest_contract_details,
         }
 
     @web.middleware
@@ -1032,6 +1076,38 @@ class BitmartSpotSim:
             {"id": name, "name": name, "withdraw_enabled": True, "deposit_enabled": True} for name in names
         ]
         return _envelope({"currencies": currencies})
+
+    async def _rest_account_currencies(self, request: web.Request) -> web.Response:
+        """Public currency list (one row per currency and network), filtered by `currencies=A,B` (≤ 20)."""
+        names = list(dict.fromkeys(c for spec in self.market.specs.values() for c in (spec.base, spec.quote)))
+        wanted = request.query.get("currencies")
+        if wanted is not None:
+            asked = [c.strip() for c in wanted.split(",") if c.strip()]
+            if not asked or len(asked) > 20:
+                return _envelope(None, code=70001, message="currencies is invalid")
+            names = [n for n in names if n in asked]
+        currencies = [
+            {
+                "currency": name,
+                "name": name,
+                "recharge_minsize": "0.00000001",
+                "contract_address": None,
+                "network": name,
+                "withdraw_enabled": True,
+                "deposit_enabled": True,
+                "withdraw_minsize": "0.001",
+                "withdraw_minfee": "0.0001",
+                "withdraw_fee_estimate": "0.0001",
+                "withdraw_fee": "0.0001",
+            }
+            for name in names
+        ]
+        return _envelope({"currencies": currencies})
+
+    async def _rest_contract_details(self, request: web.Request) -> web.Response:
+        """Contract details: the spot simulator lists no perpetuals, so `symbols` is empty (for any
+        `symbol` filter too)."""
+        return _envelope({"symbols": []}, message="Ok")
 
     async def _rest_symbols(self, request: web.Request) -> web.Response:
         return _envelope({"symbols": self.market.symbols})

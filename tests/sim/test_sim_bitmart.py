@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -427,6 +428,58 @@ async def test_full_book_ticker_and_kline_channels(make_sim, session) -> None:
         )
 
 
+def touch_of(item: dict[str, Any]) -> tuple[str, str, str, str]:
+    return item["bid_px"], item["bid_sz"], item["ask_px"], item["ask_sz"]
+
+
+def truth_touch(sim: BitmartSpotSim, symbol: str) -> tuple[str, str, str, str]:
+    _, bids, asks = sim.truth_book_strings(symbol)
+    best_bid, best_ask = next(iter(bids)), next(iter(asks))
+    return best_bid, bids[best_bid], best_ask, asks[best_ask]
+
+
+async def test_book_ticker_pushes_top_of_book_changes(make_sim, session) -> None:
+    sim = await make_sim(rate=300.0, full_book_interval=0.05)
+    topic = f"spot/bookTicker:{BTC}"
+    async with connect(session, sim) as client:
+        await client.send("subscribe", topic)
+        assert await client.wait_text('"topic"') == {"event": "subscribe", "topic": topic}
+        _, first = await client.wait_for(lambda k, p: k == "push")  # the current touch, on subscribe
+        assert first["table"] == "spot/bookTicker" and len(first["data"]) == 1
+        item = first["data"][0]
+        assert list(item) == ["symbol", "bid_px", "bid_sz", "ask_px", "ask_sz", "ms_t"]
+        assert item["symbol"] == BTC and isinstance(item["ms_t"], int)
+        assert all(isinstance(item[k], str) for k in ("bid_px", "bid_sz", "ask_px", "ask_sz"))
+        assert float(item["bid_px"]) < float(item["ask_px"])
+        await client.wait_for(lambda k, p: len(client.pushes) >= 10, 5)
+        await settle(sim, client)
+        items = [i for p in client.pushes for i in p["data"]]
+        assert {p["table"] for p in client.pushes} == {"spot/bookTicker"}
+        touches = [touch_of(i) for i in items]
+        assert all(a != b for a, b in itertools.pairwise(touches)), "pushed without a top-of-book change"
+        assert [i["ms_t"] for i in items] == sorted(i["ms_t"] for i in items)
+        assert touches[-1] == truth_touch(sim, BTC)
+        # One change at a time while paused: a push iff the touch moved (and then, the new touch).
+        last, moved, kept = touches[-1], 0, 0
+        for _ in range(60):
+            if moved >= 3 and kept >= 3:
+                break
+            client.pushes.clear()
+            sim.step(BTC)
+            await client.pump(0.15)
+            now = truth_touch(sim, BTC)
+            if now == last:
+                kept += 1
+                assert client.pushes == [], "pushed although the top of book did not change"
+            else:
+                moved += 1
+                assert [touch_of(i) for p in client.pushes for i in p["data"]] == [now]
+            last = now
+        assert moved >= 3 and kept >= 3, (moved, kept)
+        await client.send("unsubscribe", topic)
+        assert await client.wait_text("unsubscribe") == {"event": "unsubscribe", "topic": topic}
+
+
 async def test_pre_trade_symbol_is_listed_and_quiet(make_sim, session) -> None:
     sim = await make_sim(rate=100.0)
     assert "NEWT_USDT" in sim.symbols and "NEWT_USDT" not in sim.trading_symbols
@@ -728,6 +781,14 @@ async def test_rest_reference_endpoints(make_sim, session) -> None:
     assert (await get(session, sim, "/spot/v1/symbols"))["data"]["symbols"] == sim.symbols
     currencies = (await get(session, sim, "/spot/v1/currencies"))["data"]["currencies"]
     assert {"BTC", "USDT", "ETH"} <= {c["id"] for c in currencies}
+    listed = {c for name in sim.symbols for c in name.split("_")}
+    account = (await get(session, sim, "/account/v1/currencies"))["data"]["currencies"]
+    assert {c["currency"] for c in account} == listed
+    assert all(c["withdraw_enabled"] is True and isinstance(c["withdraw_fee"], str) for c in account)
+    only = (await get(session, sim, "/account/v1/currencies", currencies="BTC,ETH"))["data"]["currencies"]
+    assert sorted(c["currency"] for c in only) == ["BTC", "ETH"]
+    contracts = await get(session, sim, "/contract/public/details")
+    assert contracts["code"] == 1000 and contracts["data"] == {"symbols": []}  # spot only: no perpetuals
     details = (await get(session, sim, "/spot/v1/symbols/details"))["data"]["symbols"]
     fields = {
         "symbol",
