@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from recorder.candles.feed import CandlesFeed
 from recorder.query import connect
 
-__all__ = ["connect"]
+__all__ = ["CandlesFeed", "connect"]
 __version__ = "0.1.0"

@@ -1,9 +1,12 @@
-"""Candles: OHLCV built from recorded trades, the exchange's own klines, and the comparison of both."""
+"""Candles: OHLCV built from recorded trades, the exchange's own klines, the comparison of both, and
+the live feed."""
 
 from __future__ import annotations
 
 from recorder.candles.backfill import BackfillReport, backfill, backfill_async
 from recorder.candles.build import DEFAULT_INTERVALS, INTERVALS, BuildReport, build_candles
+from recorder.candles.feed import CandlesFeed
+from recorder.candles.live import Candle, CandleUpdate
 from recorder.candles.verify import Mismatch, VerifyResult, verify
 
 __all__ = [
@@ -11,6 +14,9 @@ __all__ = [
     "INTERVALS",
     "BackfillReport",
     "BuildReport",
+    "Candle",
+    "CandleUpdate",
+    "CandlesFeed",
     "Mismatch",
     "VerifyResult",
     "backfill",

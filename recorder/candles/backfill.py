@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recorder import exchanges, symbols
-from recorder.candles.build import STATE_DIR, duckdb_session, state_lock
+from recorder.candles.state import STATE_DIR, duckdb_session, state_lock
 from recorder.errors import RecorderError
 from recorder.model import SCHEMAS
 from recorder.storage.layout import partition_dir
@@ -80,6 +80,45 @@ def windows(start_s: int, end_s: int, step_s: int) -> list[tuple[int, int]]:
     """[start, end) cut into request windows of PAGE_LIMIT candles, open times in seconds."""
     span = PAGE_LIMIT * step_s
     return [(t, min(t + span, end_s)) for t in range(start_s, end_s, span)]
+
+
+async def fetch_klines(
+    session: aiohttp.ClientSession,
+    rest_url: str,
+    wire: str,
+    interval: str,
+    lo: int,
+    hi: int,
+    exchange: str = "bitmart",
+) -> list[tuple]:
+    """One request: the exchange's klines with open time in [lo, hi) seconds (at most PAGE_LIMIT).
+
+    Rows are `exchange_candles` tuples (ts, recv_ts, interval, open_time, open, high, low, close,
+    volume, quote_volume, trades=None), times in epoch microseconds, sorted by open time. Shared by
+    `backfill` and the live feed (`recorder.candles.feed`).
+    """
+    params = {
+        "symbol": wire,
+        "step": STEP_MINUTES[interval],
+        "after": lo - 1,  # works whether the exchange treats after/before as strict or not
+        "before": hi - 1,
+        "limit": PAGE_LIMIT,
+    }
+    doc = await get_json(session, rest_url.rstrip("/") + KLINES_PATH, params)
+    if not isinstance(doc, dict) or doc.get("code") != 1000:
+        code, message = (doc.get("code"), doc.get("message")) if isinstance(doc, dict) else (None, doc)
+        raise RecorderError(f"{exchange} klines error {code}: {message}")
+    recv_us = time.time_ns() // 1000
+    step_s = STEP_MINUTES[interval] * 60
+    rows = []
+    for item in doc.get("data") or []:
+        t = int(item[0])
+        if lo <= t < hi and t % step_s == 0:
+            o, h, low, c, v, qv = (float(x) for x in item[1:7])
+            us = t * 1_000_000
+            rows.append((us, recv_us, interval, us, o, h, low, c, v, qv, None))
+    rows.sort(key=lambda r: r[0])
+    return rows
 
 
 def backfill(
@@ -212,27 +251,8 @@ class _Job:
 
     async def fetch(self, session: aiohttp.ClientSession, lo: int, hi: int) -> list[tuple]:
         """One page: rows with open time in [lo, hi), as `exchange_candles` row tuples."""
-        params = {
-            "symbol": self.wire,
-            "step": STEP_MINUTES[self.interval],
-            "after": lo - 1,  # works whether the exchange treats after/before as strict or not
-            "before": hi - 1,
-            "limit": PAGE_LIMIT,
-        }
         self.report.requests += 1
-        doc = await get_json(session, self.rest_url + KLINES_PATH, params)
-        if not isinstance(doc, dict) or doc.get("code") != 1000:
-            code, message = (doc.get("code"), doc.get("message")) if isinstance(doc, dict) else (None, doc)
-            raise RecorderError(f"{self.exchange} klines error {code}: {message}")
-        recv_us = time.time_ns() // 1000
-        rows = []
-        for item in doc.get("data") or []:
-            t = int(item[0])
-            if lo <= t < hi and t % self.step_s == 0:
-                o, h, low, c, v, qv = (float(x) for x in item[1:7])
-                us = t * 1_000_000
-                rows.append((us, recv_us, self.interval, us, o, h, low, c, v, qv, None))
-        rows.sort(key=lambda r: r[0])
+        rows = await fetch_klines(session, self.rest_url, self.wire, self.interval, lo, hi, self.exchange)
         self.report.rows_fetched += len(rows)
         return rows
 

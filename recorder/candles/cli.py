@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from recorder.candles.backfill import backfill as run_backfill
-from recorder.candles.build import DEFAULT_INTERVALS, build_candles, parse_intervals
+from recorder.candles.build import build_candles
+from recorder.candles.intervals import DEFAULT_INTERVALS, parse_intervals
 from recorder.candles.verify import ATOL, RTOL, VerifyResult
 from recorder.candles.verify import verify as run_verify
 from recorder.errors import RecorderError
@@ -21,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Candles: build them from recorded trades, backfill the exchange's own, verify one against the other.",
+    help="Candles: build them from recorded trades, backfill the exchange's own, verify one against the other, "
+    "watch them live.",
 )
 out = Console()
 err = Console(stderr=True)
@@ -106,6 +109,47 @@ def verify(
         verdict += " (no complete built candle overlaps the exchange candles: build and backfill first)"
     out.print(f"verify {result.exchange} {result.symbol} {interval}: {verdict}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def watch(
+    exchange: str = typer.Argument(..., help="bitmart"),
+    symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
+    interval: str = typer.Option("1m", "--interval", help="1s 1m 5m 15m 1h 4h 1d"),
+    rows: int = typer.Option(15, "--rows", help="candles shown"),
+    max_candles: int = typer.Option(500, "--max-candles", help="candles kept (and backfilled on start)"),
+    grace: float = typer.Option(
+        2.0, "--grace", help="seconds after a bucket's end before it closes without a trade"
+    ),
+    duration: float | None = typer.Option(None, "--duration", help="stop after this many seconds"),
+    sim: bool = typer.Option(False, "--sim", help="watch the built-in simulator on 127.0.0.1"),
+    sim_rate: float = typer.Option(50.0, "--sim-rate", help="with --sim: market events per second"),
+    ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
+    rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
+) -> None:
+    """Live candles in the terminal: history from the exchange's klines, then live trades (Ctrl-C exits)."""
+    sim_options = {"rate": sim_rate} if sim else None
+    try:
+        from recorder.candles.watch import watch as run_watch
+
+        _guard(
+            lambda: asyncio.run(
+                run_watch(
+                    exchange,
+                    symbol,
+                    interval,
+                    ws_url,
+                    rest_url,
+                    sim_options,
+                    duration,
+                    rows,
+                    max_candles,
+                    grace,
+                )
+            )
+        )
+    except KeyboardInterrupt:  # before the signal handlers are in place
+        raise typer.Exit(0) from None
 
 
 def _summary(r: VerifyResult) -> Table:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from recorder.candles.backfill import TimeLike, parse_time
-from recorder.candles.build import INTERVALS
+from recorder.candles.intervals import INTERVALS
 from recorder.errors import RecorderError
 from recorder.query import connect
 from recorder.symbols import normalize

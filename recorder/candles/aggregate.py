@@ -1,0 +1,125 @@
+"""Trades -> raw OHLCV candles with DuckDB: one scan of the trades for the finest intervals, roll-ups
+for the coarser ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from recorder.candles.intervals import EPOCH, INTERVALS, Span, day_name
+from recorder.candles.state import sql_str
+from recorder.storage.sink import DAY_US
+
+# Where each interval is rolled up from (1s, and 1m when 1s is not built, come from trades).
+ROLLUP_SOURCE = {"1m": "1s", "5m": "1m", "15m": "1m", "1h": "1m", "4h": "1h", "1d": "1h"}
+FINE = ("1s", "1m", "5m", "15m", "1h")  # intervals that tile an hour: an appended hour recomputes them
+RAW_COLUMNS = ["b", "open", "high", "low", "close", "volume", "quote_volume", "trades", "buy_volume"]
+RAW_SCHEMA = pa.schema(
+    [(c, pa.int64() if c in ("b", "trades") else pa.float64()) for c in RAW_COLUMNS]
+)  # a candle before `complete`/fill: `b` is the open time in epoch us
+
+# Ties on exchange time go to arrival order: file (names sort by creation) then row; the recorder
+# writes trades in the order it received them. Packed into one BIGINT when the bits fit (the key only
+# compares trades of one bucket, so the time part is the offset inside the bucket), else a struct.
+PACKED_KEY = "((epoch_us(ts) % {w}) << {shift}) + (file_index::BIGINT << {row_bits}) + file_row_number"
+STRUCT_KEY = "(ts, file_index, file_row_number)"
+_FROM_TRADES = """
+SELECT epoch_us(ts) // {w} * {w} AS b,
+       arg_min(price, {key}) AS open, max(price) AS high, min(price) AS low,
+       arg_max(price, {key}) AS close,
+       sum(amount) AS volume, sum(price * amount) AS quote_volume, count(*)::BIGINT AS trades,
+       coalesce(sum(amount) FILTER (WHERE side = 'buy'), 0) AS buy_volume
+FROM read_parquet([{files}], file_row_number = true, hive_partitioning = false)
+{where}
+GROUP BY 1
+"""
+# Sub-buckets are unique per bucket, so the first/last by open time are exact.
+_ROLLUP = """
+SELECT b // {w} * {w} AS bucket,
+       arg_min(open, b) AS open, max(high) AS high, min(low) AS low, arg_max(close, b) AS close,
+       sum(volume) AS volume, sum(quote_volume) AS quote_volume, sum(trades)::BIGINT AS trades,
+       sum(buy_volume) AS buy_volume
+FROM {src}
+GROUP BY 1
+"""
+
+
+def _ts_literal(us: int) -> str:
+    return f"TIMESTAMPTZ {sql_str((EPOCH + timedelta(microseconds=us)).isoformat())}"
+
+
+def tie_key(width: int, n_files: int, max_rows: int) -> str:
+    row_bits = max(1, (max_rows - 1).bit_length())
+    shift = row_bits + max(1, (n_files - 1).bit_length())
+    if (width - 1).bit_length() + shift <= 62:
+        return PACKED_KEY.format(w=width, shift=shift, row_bits=row_bits)
+    return STRUCT_KEY
+
+
+def chain(targets: Iterable[str]) -> list[str]:
+    """The targets plus the intervals they roll up from, finest first (1s only if asked for)."""
+    need = set(targets)
+    for coarse in ("1d", "4h", "1h", "15m", "5m"):
+        if coarse in need:
+            need.add(ROLLUP_SOURCE[coarse])
+    return [iv for iv in INTERVALS if iv in need]
+
+
+def empty_raw() -> pa.Table:
+    return RAW_SCHEMA.empty_table()
+
+
+class Aggregator:
+    """Trades -> OHLCV per interval with DuckDB; each interval after the first is a roll-up."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def from_trades(
+        self, files: Sequence[Path], targets: Iterable[str], max_rows: int, ts_range: Span | None = None
+    ) -> dict[str, pa.Table]:
+        """Raw candles of `targets` from `files` (in arrival order); `max_rows`: rows of the largest file."""
+        targets = list(targets)
+        if not files:
+            return {iv: empty_raw() for iv in targets}
+        where = ""
+        if ts_range is not None:  # a plain comparison on `ts` lets DuckDB skip row groups by statistics
+            where = f"WHERE ts >= {_ts_literal(ts_range[0])} AND ts < {_ts_literal(ts_range[1])}"
+        file_list = ", ".join(sql_str(p) for p in files)
+        made: list[str] = []
+        for iv in chain(targets):
+            width = INTERVALS[iv]
+            source = ROLLUP_SOURCE.get(iv)
+            if source in made:
+                sql = f"SELECT * RENAME (bucket AS b) FROM ({_ROLLUP.format(w=width, src=f'raw_{source}')})"
+            else:
+                key = tie_key(width, len(files), max_rows)
+                sql = _FROM_TRADES.format(w=width, key=key, files=file_list, where=where)
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE raw_{iv} AS {sql}")
+            made.append(iv)
+        return {iv: self.con.sql(f"SELECT * FROM raw_{iv} ORDER BY b").to_arrow_table() for iv in targets}
+
+    def rollup(self, source: pa.Table, interval: str) -> pa.Table:
+        self.con.register("rollup_source", source)
+        try:
+            sql = _ROLLUP.format(w=INTERVALS[interval], src="rollup_source")
+            return self.con.sql(f"SELECT * RENAME (bucket AS b) FROM ({sql}) ORDER BY b").to_arrow_table()
+        finally:
+            self.con.unregister("rollup_source")
+
+
+def split_days(tbl: pa.Table) -> dict[str, pa.Table]:
+    """Rows of a raw candle table (sorted by `b`) grouped by the UTC date of `b`."""
+    if tbl.num_rows == 0:
+        return {}
+    b = tbl.column("b").to_numpy()
+    days = b // DAY_US
+    cuts = np.flatnonzero(np.diff(days)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(b)]])
+    return {day_name(int(days[s]) * DAY_US): tbl.slice(s, e - s) for s, e in zip(starts, ends, strict=True)}

@@ -1,0 +1,181 @@
+"""What the candle builder remembers and sees on disk: the manifest, the one-writer lock, the DuckDB
+session, the trade files of each stream and their footer facts."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+
+from recorder.candles.intervals import Span, to_us
+from recorder.model import TRADES
+
+STATE_DIR = ".state"
+MANIFEST = "manifest.json"
+BUILDER_VERSION = 2  # bump to force a full rebuild when the candle definition changes
+Sig = tuple[str, int, int]  # (file name, size, mtime_ns): a trade file as the manifest remembers it
+
+
+_DB: list[duckdb.DuckDBPyConnection] = []
+
+
+def duckdb_session() -> duckdb.DuckDBPyConnection:
+    """A fresh session (UTC, no progress bar) on one in-memory DuckDB per process.
+
+    Opening a database costs ~30 ms, a cursor on it ~1 ms; a session's temp tables go with it.
+    """
+    if not _DB:
+        _DB.append(duckdb.connect())
+    con = _DB[0].cursor()
+    con.execute("SET TimeZone = 'UTC'")
+    with contextlib.suppress(duckdb.Error):  # a Jupyter kernel without ipywidgets refuses the setting
+        con.execute("SET enable_progress_bar = false")
+    return con
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """One writer of a derived table per data dir at a time (a second one waits)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sql_str(value: object) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@dataclass
+class Stream:
+    exchange: str
+    symbol: str
+    trades: dict[str, list[Sig]]  # date -> trade files, sorted by name (= creation order)
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}/{self.symbol}"
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+
+
+def file_sig(path: Path) -> Sig:
+    st = path.stat()
+    return (path.name, st.st_size, st.st_mtime_ns)
+
+
+def _hive_value(path: Path, key: str) -> str | None:
+    prefix = f"{key}="
+    return path.name[len(prefix) :] if path.name.startswith(prefix) else None
+
+
+def discover(root: Path, manifest: Manifest, exchange: str | None, symbol: str | None) -> list[Stream]:
+    """Streams with trades on disk, plus streams the manifest knows (their candles may need removal)."""
+    found: dict[str, Stream] = {}
+    for ex_dir in sorted((root / TRADES).glob("exchange=*")):
+        for sym_dir in sorted(ex_dir.glob("symbol=*")):
+            ex, sym = _hive_value(ex_dir, "exchange"), _hive_value(sym_dir, "symbol")
+            if (exchange and ex != exchange) or (symbol and sym != symbol) or not ex or not sym:
+                continue
+            dates = {}
+            for date_dir in sorted(sym_dir.glob("date=*")):
+                files = parquet_files(date_dir)
+                if files:
+                    dates[_hive_value(date_dir, "date")] = [file_sig(p) for p in files]
+            found[f"{ex}/{sym}"] = Stream(ex, sym, dates)
+    for key in list(manifest.streams):
+        ex, sym = key.split("/", 1)
+        if key not in found and not (exchange and ex != exchange) and not (symbol and sym != symbol):
+            found[key] = Stream(ex, sym, {})
+    return list(found.values())
+
+
+class Manifest:
+    """The builder's memory (JSON, replaced atomically), per stream:
+
+    `dates`: per UTC date, the trade files the candles were built from, the candle files written,
+    the intervals built, the key of the finishing inputs and the date's last close;
+    `files`: footer facts of each trade file (rows, ts range, latest recv_ts), read once per file;
+    `coverage`: the coverage rows last derived from the stream's events, and which event files.
+    """
+
+    def __init__(self, path: Path, streams: dict[str, dict]) -> None:
+        self.path = path
+        self.streams = streams
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = root / "candles" / STATE_DIR / MANIFEST
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            doc = {}
+        streams = doc.get("streams", {}) if doc.get("version") == BUILDER_VERSION else {}
+        return cls(path, streams)
+
+    def stream(self, key: str) -> dict:
+        return self.streams.setdefault(key, {"dates": {}, "files": {}, "coverage": None})
+
+    def entry(self, key: str, day: str) -> dict | None:
+        return self.stream(key)["dates"].get(day)
+
+    def update(self, key: str, entries: dict[str, dict | None]) -> None:
+        """Set (or, for None, drop) the entries of some dates and save."""
+        dates = self.stream(key)["dates"]
+        for day, entry in entries.items():
+            if entry is None:
+                dates.pop(day, None)
+            else:
+                dates[day] = entry
+        self.save()
+
+    def save(self) -> None:
+        streams = {k: v for k, v in self.streams.items() if v["dates"]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_bytes(orjson.dumps({"version": BUILDER_VERSION, "streams": streams}))
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What a trade file's footer says: row count, exchange-time range, latest receive time."""
+
+    rows: int
+    ts: Span | None  # (min, max) of `ts`, inclusive
+    recv_max: int | None
+
+    @classmethod
+    def read(cls, path: Path) -> FileFacts:
+        meta = pq.read_metadata(path)
+        ts, recv = _column_range(meta, "ts"), _column_range(meta, "recv_ts")
+        return cls(meta.num_rows, ts, recv[1] if recv else None)
+
+
+def _column_range(meta: pq.FileMetaData, column: str) -> Span | None:
+    """(min, max) of a timestamp column in epoch us from a footer; None if any row group lacks it."""
+    idx = meta.schema.names.index(column)
+    lo: int | None = None
+    hi: int | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(idx).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        a, b = to_us(stats.min), to_us(stats.max)
+        lo, hi = (a, b) if lo is None or hi is None else (min(lo, a), max(hi, b))
+    return None if lo is None or hi is None else (lo, hi)

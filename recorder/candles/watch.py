@@ -1,0 +1,134 @@
+"""`recorder candles watch`: the live candles feed as a table in the terminal (rich Live)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from recorder.candles.feed import CandlesFeed
+from recorder.candles.live import Candle
+
+
+async def watch(
+    exchange: str,
+    symbol: str,
+    interval: str = "1m",
+    ws_url: str | None = None,
+    rest_url: str | None = None,
+    sim: dict | bool | None = None,
+    duration: float | None = None,
+    rows: int = 15,
+    max_candles: int = 500,
+    grace: float = 2.0,
+    console: Console | None = None,
+) -> CandlesFeed:
+    """Show the feed's last `rows` candles until SIGINT/SIGTERM or `duration` seconds; returns the feed.
+
+    `sim` (True, or the simulator's options) serves `exchange` from its built-in simulator on 127.0.0.1.
+    """
+    console = console or Console()
+    simulator = None
+    if sim:
+        from recorder.runner import LONG_RUNNING_SIM, simulator_class
+
+        options = {"seed": 0, **LONG_RUNNING_SIM, **(sim if isinstance(sim, dict) else {})}
+        simulator = simulator_class(exchange)(**options)
+        await simulator.start(host="127.0.0.1", port=0)
+        ws_url, rest_url = ws_url or simulator.ws_url, rest_url or simulator.rest_url
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        feed = CandlesFeed(exchange, symbol, interval, max_candles, ws_url, rest_url, grace)
+        await feed.start()
+        Console(stderr=True).print(
+            f"watching {feed.exchange} {feed.symbol} {interval} candles "
+            f"({'simulator ' if simulator else ''}{ws_url or 'exchange'}); Ctrl-C stops",
+            highlight=False,
+        )
+        try:
+            deadline = None if duration is None else loop.time() + duration
+            with Live(render(feed, rows), console=console, refresh_per_second=4) as live:
+                while not stop.is_set():
+                    wait = 0.25 if deadline is None else min(0.25, deadline - loop.time())
+                    if wait <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+                    live.update(render(feed, rows))
+        finally:
+            await feed.stop()
+        return feed
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if simulator is not None:
+            await simulator.stop()
+
+
+def render(feed: CandlesFeed, rows: int) -> Table:
+    """The last `rows` candles, newest at the bottom; the open candle highlighted, incomplete ones yellow.
+
+    The last column says where a candle comes from: `exchange` (its kline), `live` (the trade stream,
+    complete) or `partial` (the trade stream, but the feed missed part of the interval).
+    """
+    bars = [feed.engine.bars[b] for b in feed.engine.keys[-rows:]]
+    day = f" · {bars[-1].candle().open_time:%Y-%m-%d}" if bars and feed.interval != "1d" else ""
+    state = "live" if feed.live else "[yellow]reconnecting[/]"
+    table = Table(
+        title=f"{feed.exchange} {feed.symbol} {feed.interval}{day} UTC · {state}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in ("time", "open", "high", "low", "close", "volume", "trades", "buy%", "candle"):
+        table.add_column(name, justify="left" if name in ("time", "candle") else "right", no_wrap=True)
+    current = feed.current
+    for bar in bars:
+        c = bar.candle()
+        is_current = current is not None and c.open_time == current.open_time
+        style = "bold reverse" if is_current else ("yellow" if not c.complete else "")
+        table.add_row(*_cells(c, feed.interval), style=style)
+    s = feed.stats
+    table.caption = (
+        f"partial: part of the interval unseen · {s.trades:,} live trades · {s.repaired} repaired · "
+        f"{feed.reconnects} reconnects · {time.strftime('%H:%M:%S', time.gmtime())} UTC"
+    )
+    return table
+
+
+TIME_FORMAT = {"1s": "%H:%M:%S", "1d": "%Y-%m-%d"}
+
+
+def _cells(c: Candle, interval: str) -> list[str]:
+    buy = "" if c.buy_volume is None or not c.volume else f"{100 * c.buy_volume / c.volume:.0f}"
+    state = c.source if c.complete else "partial"  # the current row is highlighted, not labelled
+    return [
+        f"{c.open_time:{TIME_FORMAT.get(interval, '%H:%M')}}",
+        _price(c.open),
+        _price(c.high),
+        _price(c.low),
+        _price(c.close),
+        f"{c.volume:.5g}",
+        "" if c.trades is None else f"{c.trades:,}",
+        buy,
+        state,
+    ]
+
+
+def _price(x: float) -> str:
+    return f"{x:.10g}"
