@@ -62,13 +62,14 @@ class Options:
     max_buffered_rows: int = 1_000_000  # flush early past this many rows in memory
     snapshot_interval: float = 1.0  # book_snapshots cadence
     snapshot_depth: int = 20
-    # Stale-stream watchdog: a connection is dead when silent for `silence_factor` times its usual
-    # gap between frames (learned from its own rate), but never sooner than `min_silence` (a quiet
-    # market is not a dead socket; pongs arrive every ping interval anyway) nor later than
-    # `silence_timeout`.
+    # Stale-stream watchdog: a connection silent for `silence_factor` times its usual gap between
+    # frames (learned from its own rate; at least `min_silence`, at most `silence_timeout`) is asked
+    # with a ping; no answer within `probe_timeout` means dead. A market that merely went quiet
+    # answers the ping, so it is not mistaken for a dead socket.
     silence_timeout: float = 30.0
     min_silence: float = 3.0
     silence_factor: float = 50.0
+    probe_timeout: float = 3.0
     ack_timeout: float = 10.0  # resubscribe topics not acknowledged within this
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
     raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
@@ -389,6 +390,7 @@ class Connection:
         last_ping = last_tick = time.monotonic()
         seen = self.frames
         rate = 0.0  # frames per second, exponentially averaged over ~5 s
+        probe_at: float | None = None
         while not ws.closed:
             await asyncio.sleep(0.5)
             now = time.monotonic()
@@ -397,8 +399,15 @@ class Connection:
             if self.frames != seen:
                 seen, self.last_recv = self.frames, now
             limit = min(opt.silence_timeout, max(opt.min_silence, opt.silence_factor / rate if rate > 0 else 1e9))
-            if now - self.last_recv > limit:
-                detail = f"no data for {now - self.last_recv:.1f} s (usual rate {rate:.1f}/s): reconnecting"
+            silent = now - self.last_recv
+            if silent > limit and probe_at is None:
+                probe_at = now  # unusually quiet: ask the server whether it is still there
+                last_ping = now
+                await self.send(ad.PING)
+            elif silent <= limit:
+                probe_at = None
+            if probe_at is not None and now - probe_at > opt.probe_timeout:
+                detail = f"no data for {silent:.1f} s, no answer to ping (usual rate {rate:.1f}/s): reconnecting"
                 self.dispatcher.event(now_us(), None, ERROR, detail)
                 await ws.close()
                 return
