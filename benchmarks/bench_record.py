@@ -81,15 +81,15 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
             last, still = frames, 0.0
         if time.monotonic() - started > 600:
             break
+    rec.send_signal(signal.SIGTERM)  # stop the recorder first: the simulator closing would log disconnects
+    _, status, usage = os.wait4(rec.pid, 0)
+    rec.returncode = os.waitstatus_to_exitcode(status)
     parent.send("report")
     while True:
         msg = parent.recv()
         if isinstance(msg, dict):
             sent = msg
             break
-    rec.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(rec.pid, 0)
-    rec.returncode = os.waitstatus_to_exitcode(status)
     err = rec.stderr.read()
     if spy is not None:
         spy.wait(30)
