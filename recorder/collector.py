@@ -546,7 +546,7 @@ class Collector:
                         written = None
                         self._disk_trouble(f"cannot close raw log: {exc.strerror or exc}")
             if self.lock is not None:
-                self.lock.finish(clean=written is not None)
+                self.lock.finish(clean=written is not None, has_raw=self.options.raw)
             await self.session.close()
 
     def stop(self) -> None:

@@ -64,6 +64,10 @@ def recover_data_dir(data_dir: str | Path, progress: Callable[[str], None] | Non
         finally:
             lock.unlink(missing_ok=True)
             os.close(fd)
+    for lock in rd.glob("*.lock"):  # dead runs without raw logs (`--no-raw`): nothing to recover
+        if lock.stem not in by_run and lock.stem != run_id() and (fd := try_lock(lock)) is not None:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
     return res
 
 

@@ -55,9 +55,12 @@ class RunLock:
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
-    def finish(self, clean: bool) -> None:
+    def finish(self, clean: bool, has_raw: bool = True) -> None:
+        """Release the lock. A clean run with raw logs leaves a `.done` marker so recovery skips it;
+        an unclean one leaves its lock file for recovery to find."""
         if clean:
-            self.done.write_bytes(b"")
+            if has_raw:
+                self.done.write_bytes(b"")
             self.path.unlink(missing_ok=True)
         os.close(self._fd)
 
