@@ -113,6 +113,40 @@ class Aggregator:
             self.con.unregister("rollup_source")
 
 
+def rollup_sorted(source: pa.Table, width: int) -> pa.Table:
+    """`_ROLLUP` in numpy for raw candles sorted by `b` (unique): the few rows an append touches,
+    where a DuckDB query would cost more in overhead than in work."""
+    if source.num_rows == 0:
+        return empty_raw()
+    col = {c: source.column(c).to_numpy() for c in RAW_COLUMNS}
+    bucket = col["b"] // width * width
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(bucket)) + 1])
+    ends = np.append(starts[1:], bucket.size) - 1
+    out = {
+        "b": bucket[starts],
+        "open": col["open"][starts],
+        "high": np.maximum.reduceat(col["high"], starts),
+        "low": np.minimum.reduceat(col["low"], starts),
+        "close": col["close"][ends],
+    }
+    for c in ("volume", "quote_volume", "trades", "buy_volume"):
+        out[c] = np.add.reduceat(col[c], starts)
+    return pa.Table.from_arrays([out[c] for c in RAW_COLUMNS], schema=RAW_SCHEMA)
+
+
+def rollup_chain(finest: pa.Table, interval: str, targets: Iterable[str]) -> dict[str, pa.Table]:
+    """`targets` rolled up in numpy from raw candles of `interval`, each from its `ROLLUP_SOURCE`
+    when that is at hand, else from the coarsest finer one made so far."""
+    made = {interval: finest}
+    for iv in INTERVALS:
+        if iv in targets and iv not in made:
+            source = ROLLUP_SOURCE.get(iv)
+            if source not in made:
+                source = [m for m in made if INTERVALS[m] < INTERVALS[iv]][-1]
+            made[iv] = rollup_sorted(made[source], INTERVALS[iv])
+    return made
+
+
 def split_days(tbl: pa.Table) -> dict[str, pa.Table]:
     """Rows of a raw candle table (sorted by `b`) grouped by the UTC date of `b`."""
     if tbl.num_rows == 0:

@@ -35,9 +35,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recorder.candles.aggregate import FINE, RAW_COLUMNS, Aggregator, empty_raw, split_days
+from recorder.candles.aggregate import (
+    FINE,
+    RAW_COLUMNS,
+    Aggregator,
+    empty_raw,
+    rollup_chain,
+    rollup_sorted,
+    split_days,
+)
 from recorder.candles.coverage import Coverage, event_rows, make_coverage
 from recorder.candles.finish import FinishInputs, finish_table, last_close, raw_from_candles
+from recorder.candles.groups import (
+    BLOCK_HOURS,
+    REST,
+    SECOND,
+    blocks,
+    clip,
+    group_intervals,
+    group_names,
+    group_span,
+    hour_group,
+    split_groups,
+)
 from recorder.candles.intervals import (
     DEFAULT_INTERVALS,
     HOUR_US,
@@ -144,6 +164,7 @@ class DatePlan:
     day: str
     action: str  # full | append | keep | remove | skip
     intervals: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)  # the candle files on disk
 
 
 class StreamBuild:
@@ -242,25 +263,27 @@ class StreamBuild:
         trades = self.stream.trades.get(day, [])
         present = [p.name for p in parquet_files(self.candle_dir(day))]
         if not trades and day not in self.fill_days:
-            return DatePlan(day, "remove" if entry or present else "skip")
+            return DatePlan(day, "remove" if entry or present else "skip", present=present)
         built = entry["intervals"] if entry else []
         intervals = [iv for iv in INTERVALS if iv in self.wanted or iv in built]
         if entry is None or sorted(entry["candles"]) != present or built != intervals:
-            return DatePlan(day, "full", intervals)
+            return DatePlan(day, "full", intervals, present)
         old = {tuple(s) for s in entry["trades"]}
         new = set(trades)
         if old == new:
-            return DatePlan(day, "keep", intervals)
-        # coarse intervals of an extended date are rolled up from a stored fine one
-        if old and old < new and any(iv in FINE for iv in intervals):
-            return DatePlan(day, "append", intervals)
-        return DatePlan(day, "full", intervals)
+            return DatePlan(day, "keep", intervals, present)
+        # an extended date's 4h/1d are rolled up from a stored fine interval other than 1s
+        fine = [iv for iv in intervals if iv in FINE]
+        rolls = all(iv in FINE for iv in intervals) or any(iv != SECOND for iv in fine)
+        if old and old < new and fine and rolls:
+            return DatePlan(day, "append", intervals, present)
+        return DatePlan(day, "full", intervals, present)
 
     # -- aggregation
 
-    def aggregate(self, plans: list[DatePlan]) -> dict[str, dict[str, pa.Table]]:
-        """Raw candles for the dates that need trades read: full ones in one query, appends each alone."""
-        out: dict[str, dict[str, pa.Table]] = {}
+    def aggregate(self, plans: list[DatePlan]) -> dict[str, dict[str, dict[str, pa.Table]]]:
+        """New raw candles per date and group: full dates in one query, appends each alone."""
+        out: dict[str, dict[str, dict[str, pa.Table]]] = {}
         full = [p for p in plans if p.action == "full"]
         if full:
             intervals = [iv for iv in INTERVALS if any(iv in p.intervals for p in full)]
@@ -269,105 +292,174 @@ class StreamBuild:
             by_iv = {iv: split_days(t) for iv, t in self.agg.from_trades(files, intervals, rows).items()}
             for p in full:
                 p.intervals = intervals
-                out[p.day] = {iv: by_iv[iv].get(p.day, empty_raw()) for iv in intervals}
+                raw = {iv: by_iv[iv].get(p.day, empty_raw()) for iv in intervals}
+                out[p.day] = split_groups(p.day, intervals, raw)
         for p in plans:
             if p.action == "append":
-                raw = self.append(p)
-                if raw is None:
+                groups = self.append(p)
+                if groups is None:
                     p.action = "full"
                     rows = max((f.rows for f in self.day_facts(p.day)), default=1)
                     raw = self.agg.from_trades(self.trade_paths(p.day), p.intervals, rows)
-                out[p.day] = raw
+                    groups = split_groups(p.day, p.intervals, raw)
+                out[p.day] = groups
         return out
 
-    def append(self, plan: DatePlan) -> dict[str, pa.Table] | None:
-        """Re-aggregate only the hours the added trade files touch; None when that is not possible."""
+    def append(self, plan: DatePlan) -> dict[str, dict[str, pa.Table]] | None:
+        """Re-aggregate only the hours the added trade files touch; None when that is not possible.
+
+        Returns the groups whose raw candles changed: the touched 1s hours and `rest` (all of the
+        date's other intervals, merged from its stored file and the fresh hours)."""
         entry = self.manifest.entry(self.stream.key, plan.day)
         old = {tuple(s) for s in entry["trades"]}
         sigs = self.stream.trades[plan.day]
         facts = self.day_facts(plan.day)
         added = [f for s, f in zip(sigs, facts, strict=True) if s not in old]
-        if any(f.ts is None for f in facts):
+        if any(f.ts is None for f in facts) or not added:
             return None
         start = day_start(plan.day)
         lo = max(start, min(f.ts[0] for f in added) // HOUR_US * HOUR_US)
         hi = min(start + DAY_US, (max(f.ts[1] for f in added) // HOUR_US + 1) * HOUR_US)
+        if lo >= hi:
+            return None
         # only files with trades in the touched hours are read (kept in name order for the tie-break)
         overlap = [(s, f) for s, f in zip(sigs, facts, strict=True) if f.ts[0] < hi and f.ts[1] >= lo]
-        existing = raw_from_candles(self.read_candles(plan.day))
         fine = [iv for iv in plan.intervals if iv in FINE]
         paths = self.trade_paths(plan.day, [s for s, _ in overlap])
-        fresh = self.agg.from_trades(paths, fine, max(f.rows for _, f in overlap), (lo, hi))
-        merged: dict[str, pa.Table] = {}
-        for iv in fine:
-            kept = existing.get(iv, empty_raw())
-            b = kept.column("b")
-            kept = kept.filter(pc.or_(pc.less(b, lo), pc.greater_equal(b, hi)))
-            merged[iv] = pa.concat_tables([kept, fresh[iv]]).sort_by("b")
-        for iv in plan.intervals:
-            if iv not in FINE:
-                merged[iv] = self.agg.rollup(merged[fine[-1]], iv)
-        return merged
+        # one DuckDB scan for the finest interval; the few rows above it are rolled up in numpy
+        finest = self.agg.from_trades(paths, fine[:1], max(f.rows for _, f in overlap), (lo, hi))[fine[0]]
+        merged = rollup_chain(finest, fine[0], fine)
+        hours = blocks(((lo - start) // HOUR_US, (hi - start) // HOUR_US))
+        if SECOND in fine:  # the touched 1s blocks: their stored rows outside the touched hours stay
+            stored = [
+                self.read_group(plan.day, entry["groups"].get(hour_group(h)))
+                for h in range(*hours, BLOCK_HOURS)
+            ]
+            merged[SECOND] = merge(stored, SECOND, merged[SECOND], lo, hi)
+        rest = [iv for iv in plan.intervals if iv != SECOND]
+        if rest:
+            existing = [self.read_group(plan.day, entry["groups"].get(REST))]
+            for iv in fine:
+                if iv != SECOND:
+                    merged[iv] = merge(existing, iv, merged[iv], lo, hi)
+            # 4h, 1d: from the whole date's 1h, or the coarsest fine interval but 1s (`plan` made sure)
+            source = [iv for iv in fine if iv != SECOND][-1]
+            for iv in rest:
+                if iv not in FINE:
+                    merged[iv] = rollup_sorted(merged[source], INTERVALS[iv])
+        return split_groups(plan.day, plan.intervals, merged, hours)
 
-    def read_candles(self, day: str) -> pa.Table:
-        """The stored candles of a date: the columns raw candles keep, sorted by interval and time."""
+    def read_group(self, day: str, group: list | None) -> dict[str, pa.Table]:
+        """The raw candles a stored group file holds (none without a file)."""
+        if group is None or group[0] is None:
+            return {}
         columns = ["interval", "open_time", *RAW_COLUMNS[1:]]
         schema = pa.schema([SCHEMAS["candles"].field(c) for c in columns])
-        tables = [
-            pq.read_table(f, columns=columns, schema=schema) for f in parquet_files(self.candle_dir(day))
-        ]
-        return pa.concat_tables(tables) if tables else schema.empty_table()
+        return raw_from_candles(
+            pq.read_table(self.candle_dir(day) / group[0], columns=columns, schema=schema)
+        )
 
     # -- finishing and publishing
 
     def prepare(
-        self, plan: DatePlan, raw: dict[str, pa.Table] | None, carry: float | None
+        self, plan: DatePlan, fresh: dict[str, dict[str, pa.Table]] | None, carry: float | None
     ) -> tuple[float | None, Output | None]:
-        """The date's new rows if anything changed, and the close carried into the next date."""
+        """The date's changed groups if anything changed, and the close carried into the next date.
+
+        Groups with new raw candles are finished from them; the others keep their file unless their
+        finishing inputs changed (coverage, or the close carried into them), then they are
+        re-finished from their stored rows. A stored group is never read otherwise."""
         if plan.action == "skip":
             return carry, None
         if plan.action == "remove":
-            return carry, Output(plan.day, "remove", None, None)
+            return carry, Output(plan.day, "remove", extras=list(plan.present))
         spans, fill_spans = self.coverage.clip(plan.day)
-        inputs = FinishInputs(
-            spans, self.coverage.has_events, fill_spans if self.fill else [], carry, plan.intervals
-        )
+        fills = fill_spans if self.fill else []
+        has_events = self.coverage.has_events
+        day_key = FinishInputs(spans, has_events, fills, carry, plan.intervals).key()
+        entry = self.manifest.entry(self.stream.key, plan.day)
         action = plan.action
         if action == "keep":
-            entry = self.manifest.entry(self.stream.key, plan.day)
-            if entry["finish"] == inputs.key():
+            if entry["finish"] == day_key:
                 self.report.skipped += 1
                 return (carry if entry["last_close"] is None else entry["last_close"]), None
-            raw, action = raw_from_candles(self.read_candles(plan.day)), "finish"
-        assert raw is not None
-        close = last_close(raw)
-        entry = {
+            action = "finish"
+        previous: dict[str, list] = entry.get("groups", {}) if entry else {}
+        reusable = previous if action != "full" else {}
+        fresh = fresh or {}
+        out = Output(plan.day, action)
+        running, hours_close = carry, None  # the close carried into the next 1s hour
+        for name in group_names(plan.intervals):
+            span = group_span(plan.day, name)
+            inputs = FinishInputs(
+                clip(spans, span),
+                has_events,
+                clip(fills, span),
+                carry if name == REST else running,
+                group_intervals(name, plan.intervals),
+            )
+            key = inputs.key()
+            old = reusable.get(name)
+            if name in fresh or old is None or old[1] != key:
+                raw = fresh[name] if name in fresh else self.read_group(plan.day, old)
+                out.writes[name] = finish_table(raw, inputs, self.recv_us)
+                out.groups[name] = [None, key, last_close(raw)]
+            else:
+                out.groups[name] = old
+            if name != REST and out.groups[name][2] is not None:
+                running = hours_close = out.groups[name][2]
+        close = out.groups[REST][2] if REST in out.groups else hours_close
+        present = set(plan.present)
+        out.old = {n: previous[n][0] for n in out.writes if (previous.get(n) or [None])[0] in present}
+        kept = {g[0] for n, g in out.groups.items() if n not in out.writes and g[0]}
+        out.extras = sorted(present - set(out.old.values()) - kept)
+        out.entry = {
             "trades": [list(s) for s in self.stream.trades.get(plan.day, [])],
             "intervals": plan.intervals,
-            "finish": inputs.key(),
+            "finish": day_key,
             "last_close": close,
         }
-        tbl = finish_table(raw, inputs, self.recv_us)
-        return (carry if close is None else close), Output(plan.day, action, tbl, entry)
+        return (carry if close is None else close), out
 
     def publish(self, outputs: list[Output]) -> None:
-        """Replace the partitions (in parallel: Parquet encoding releases the GIL), then the manifest."""
+        """Replace the changed group files (in parallel: Parquet encoding releases the GIL), then the
+        manifest.
 
-        def write(out: Output) -> Path | None:
+        Each group file is replaced on its own by `replace_partition_files`, crash-safely; groups
+        never share a candle, so no mix of replaced and not yet replaced groups holds a row twice.
+        Files the manifest does not know (an earlier layout, a crashed run's) go with the first
+        write of their date, before any other group of it is written. A crash before the manifest
+        is saved leaves files the manifest does not list: the next run rebuilds that date in full.
+        """
+        first: list[Job] = []
+        rest: list[Job] = []
+        for out in outputs:
             directory = self.candle_dir(out.day)
-            tbl = out.table if out.table is not None else SCHEMAS["candles"].empty_table()
-            return replace_partition_files(directory, tbl, parquet_files(directory))
-
-        if len(outputs) > 1:
-            with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-                written = list(pool.map(write, outputs))
-        else:
-            written = [write(out) for out in outputs]
+            extras = [directory / name for name in out.extras]
+            jobs = [
+                Job(out, directory, name, tbl, [directory / out.old[name]] if name in out.old else [])
+                for name, tbl in out.writes.items()
+            ]
+            if extras:
+                if jobs:
+                    jobs[0].old += extras
+                else:
+                    jobs = [Job(out, directory, None, SCHEMAS["candles"].empty_table(), extras)]
+                first.append(jobs.pop(0))
+            rest += [j for j in jobs if j.table.num_rows or j.old]
+        for phase in (first, rest):
+            if len(phase) > 1:
+                with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+                    list(pool.map(Job.run, phase))
+            else:
+                for job in phase:
+                    job.run()
         updates: dict[str, dict | None] = {}
-        for out, path in zip(outputs, written, strict=True):
+        for out in outputs:
             if out.entry is not None:
-                out.entry["candles"] = [path.name] if path else []
-                self.report.rows += out.table.num_rows if out.table is not None else 0
+                out.entry["groups"] = out.groups
+                out.entry["candles"] = sorted(g[0] for g in out.groups.values() if g[0])
+                self.report.rows += sum(t.num_rows for t in out.writes.values())
             updates[out.day] = out.entry
             self.report.actions.append((self.stream.exchange, self.stream.symbol, out.day, out.action))
             if self.on_date:
@@ -375,11 +467,43 @@ class StreamBuild:
         self.manifest.update(self.stream.key, updates)
 
 
+def merge(stored: list[dict[str, pa.Table]], interval: str, fresh: pa.Table, lo: int, hi: int) -> pa.Table:
+    """Stored raw candles of `interval` outside [lo, hi) with the fresh ones inside, sorted by `b`."""
+    kept = [g[interval] for g in stored if interval in g]
+    if not kept:
+        return fresh
+    old = pa.concat_tables(kept)
+    b = old.column("b")
+    old = old.filter(pc.or_(pc.less(b, lo), pc.greater_equal(b, hi)))
+    return pa.concat_tables([old, fresh]).sort_by("b")
+
+
+@dataclass
+class Job:
+    """One group file of a date to replace (name None: only remove `old`)."""
+
+    out: Output
+    directory: Path
+    name: str | None
+    table: pa.Table
+    old: list[Path]
+
+    def run(self) -> None:
+        path = replace_partition_files(self.directory, self.table, self.old)
+        if self.name is not None:
+            self.out.groups[self.name][0] = path.name if path else None
+
+
 @dataclass
 class Output:
-    """A date's new candle rows (None: remove the partition) and its manifest entry."""
+    """A date's changed groups: new rows per group (`writes`), every group's manifest record
+    [file, finish key, last close] (`groups`), the stored files they replace (`old`), files to
+    remove besides (`extras`) and the date's manifest entry (None: the date is removed)."""
 
     day: str
     action: str
-    table: pa.Table | None
-    entry: dict | None
+    writes: dict[str, pa.Table] = field(default_factory=dict)
+    groups: dict[str, list] = field(default_factory=dict)
+    old: dict[str, str] = field(default_factory=dict)
+    extras: list[str] = field(default_factory=list)
+    entry: dict | None = None

@@ -110,6 +110,8 @@ def raw_from_candles(tbl: pa.Table) -> dict[str, pa.Table]:
     The builder writes each interval's rows together, in time order; anything else is sorted first.
     """
     tbl = tbl.filter(pc.greater(tbl.column("trades"), 0))
+    if tbl.num_rows == 0:
+        return {}
     codes = pc.dictionary_encode(tbl.column("interval")).combine_chunks()
     idx = codes.indices.to_numpy()
     cuts = np.flatnonzero(idx[1:] != idx[:-1]) + 1

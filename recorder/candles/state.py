@@ -19,7 +19,7 @@ from recorder.model import TRADES
 
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
-BUILDER_VERSION = 2  # bump to force a full rebuild when the candle definition changes
+BUILDER_VERSION = 3  # bump to force a full rebuild when the candle definition changes
 Sig = tuple[str, int, int]  # (file name, size, mtime_ns): a trade file as the manifest remembers it
 
 
@@ -108,8 +108,9 @@ def discover(root: Path, manifest: Manifest, exchange: str | None, symbol: str |
 class Manifest:
     """The builder's memory (JSON, replaced atomically), per stream:
 
-    `dates`: per UTC date, the trade files the candles were built from, the candle files written,
-    the intervals built, the key of the finishing inputs and the date's last close;
+    `dates`: per UTC date, the trade files the candles were built from, the intervals built, the
+    key of the finishing inputs, the date's last close, the candle files written (`candles`) and
+    per file group (see `groups`) its [file or None, finishing key, last close];
     `files`: footer facts of each trade file (rows, ts range, latest recv_ts), read once per file;
     `coverage`: the coverage rows last derived from the stream's events, and which event files.
     """
