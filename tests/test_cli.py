@@ -96,3 +96,16 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path):
     assert proc.returncode == 0, err
     q = run("sql", "select count(*) from events where event = 'stop'", "--format", "csv", cwd=tmp_path)
     assert q.stdout.splitlines()[1] == "2"
+
+
+def test_compact_merges_todays_files_without_losing_rows(tmp_path):
+    for _ in range(2):  # two runs -> at least two files per partition
+        assert run("run", "bitmart", "BTC-USDT", "--sim", "--duration", "2", "-q", cwd=tmp_path).returncode == 0
+    count = "select count(*) from book_updates"
+    before = run("sql", count, "--format", "csv", cwd=tmp_path).stdout
+    parts = list((tmp_path / "data" / "book_updates").glob("*/*/*"))
+    assert parts and all(len(list(p.glob("*.parquet"))) >= 2 for p in parts)
+    p = run("compact", "--include-today", cwd=tmp_path)
+    assert p.returncode == 0 and "compacted" in p.stderr, p.stderr
+    assert all(len(list(p.glob("*.parquet"))) == 1 for p in parts)
+    assert run("sql", count, "--format", "csv", cwd=tmp_path).stdout == before
