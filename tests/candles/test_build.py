@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recorder
+import recorder.candles.build as build_mod
 from recorder.candles import INTERVALS, build_candles
 from recorder.candles.build import Aggregator
+from recorder.storage import sink
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import replace_partition_files, rows_to_table
 from tests.candles.util import (
@@ -337,3 +339,60 @@ def test_any_trades_any_file_split_match_the_reference(tmp_path_factory, items, 
     con = recorder.connect(data_dir)
     for interval in ("1s", "1m", "1d"):
         assert_same(built(con, interval), reference(trades, INTERVALS[interval]))
+
+
+def test_appends_rewrite_only_touched_groups_and_survive_an_interrupted_replacement(two_days, monkeypatch):
+    """A date's candles are several files (1s blocks, the rest); appends replace only the groups they
+    touch, twice in a row; a crash between two group replacements is recovered without duplicates."""
+    data_dir, trades = two_days
+    build_candles(data_dir)
+    day2 = "2024-06-02"
+    before = set(candle_files(data_dir, day2))
+    assert len(before) == 7  # six 4-hour blocks of 1s and the rest
+
+    extras = []
+    for hour in (21, 22):  # append twice: hour 21, then hour 22 (same 1s block 20-24)
+        extra = random_trades(
+            np.random.default_rng(hour), T0 + DAY + hour * HOUR, T0 + DAY + (hour + 1) * HOUR, 300
+        )
+        write_trades(data_dir, extra)
+        extras += extra
+        report = build_candles(data_dir)
+        assert [a[2:] for a in report.actions] == [(day2, "append")]
+        after = set(candle_files(data_dir, day2))
+        assert len(before - after) == 2 and len(after) == 7  # the 20-24 block and the rest, nothing else
+        before = after
+        con = recorder.connect(data_dir)
+        candle_rows(con)
+        for interval, width in INTERVALS.items():
+            assert_same(built(con, interval), reference(trades + extras, width))
+
+    # crash: the first group replacement of the next append completes, the second dies mid-way
+    extra = random_trades(np.random.default_rng(3), T0 + DAY + 2 * HOUR, T0 + DAY + 23 * HOUR, 400)
+    write_trades(data_dir, extra)
+    real = sink.replace_partition_files
+    calls = []
+
+    def crashing(directory, tbl, old):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 2:  # the new file is written, the old one not yet removed
+            sink.write_parquet_atomic(tbl, directory / "20990101T000000.000000-dead_1_x-crashed.parquet")
+            marker = directory / f"{sink.MARKER_PREFIX}dead_1_x-0.json"
+            marker.write_bytes(
+                b'{"new": "20990101T000000.000000-dead_1_x-crashed.parquet", "old": %s}'
+                % str([p.name for p in old]).replace("'", '"').encode()
+            )
+            raise KeyboardInterrupt
+        return real(directory, tbl, old)
+
+    monkeypatch.setattr(build_mod, "replace_partition_files", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        build_candles(data_dir)
+    monkeypatch.setattr(build_mod, "replace_partition_files", real)
+    report = build_candles(data_dir)  # recovers the replacement, sees files it did not record: full
+    assert [a[2:] for a in report.actions] == [(day2, "full")]
+    con = recorder.connect(data_dir)
+    candle_rows(con)
+    for interval, width in INTERVALS.items():
+        assert_same(built(con, interval), reference(trades + extras + extra, width))
+    assert build_candles(data_dir).actions == []
