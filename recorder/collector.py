@@ -340,6 +340,10 @@ class Connection:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 attempt += 1
+            except Exception as exc:  # a bug must cost a reconnect, never the connection for good
+                log.exception("connection %d: unexpected error", self.index)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                attempt += 1
             finally:
                 self.ws = None
             if c.stopping.is_set():
@@ -365,6 +369,9 @@ class Connection:
         now = time.monotonic()
         for t in topics:
             t.sent_at = now
+            if t.channel == BOOK and not t.stream.book.valid:
+                # the subscription's snapshot is due: request one if it does not come
+                t.stream.resync_pending_since, t.stream.resync_tries = now, 0
         for msg in self.collector.adapter.subscribe_messages([t.name for t in topics]):
             await self.send(msg)
 
@@ -449,6 +456,7 @@ class Collector:
         self.dropped_rows = 0
         self.dropped_raw_bytes = 0
         self.lock: RunLock | None = None
+        self._inflight: asyncio.Future | None = None
         self._last_disk_warning = -1e9
 
     def spawn(self, coro) -> None:
@@ -533,6 +541,8 @@ class Collector:
                     t.cancel()
                 await asyncio.gather(*conn_tasks, *aux, *self._tasks, return_exceptions=True)
         finally:
+            if self._inflight is not None:
+                await asyncio.gather(self._inflight, return_exceptions=True)
             t = now_us()
             for conn in self.connections:
                 conn.dispatcher.tick(t)
@@ -546,7 +556,8 @@ class Collector:
                         written = None
                         self._disk_trouble(f"cannot close raw log: {exc.strerror or exc}")
             if self.lock is not None:
-                self.lock.finish(clean=written is not None, has_raw=self.options.raw)
+                clean = written is not None and self.sink.pending_rows() == 0
+                self.lock.finish(clean=clean, has_raw=self.options.raw)
             await self.session.close()
 
     def stop(self) -> None:
@@ -574,12 +585,12 @@ class Collector:
             for conn in self.connections:
                 self._flush_raw(conn)
 
-    def _flush_raw(self, conn: Connection) -> bool:
+    def _flush_raw(self, conn: Connection, sync: bool = False) -> bool:
         raw = conn.dispatcher.rawlog
         if raw is None:
             return True
         try:
-            raw.flush()
+            raw.sync() if sync else raw.flush()
         except OSError as exc:
             self._disk_trouble(f"cannot write raw log: {exc.strerror or exc}")
             if raw.buffered_bytes > self.options.max_pending_raw_bytes:
@@ -615,7 +626,7 @@ class Collector:
             raw = conn.dispatcher.rawlog
             if raw is None:
                 continue
-            if not self._flush_raw(conn):  # the raw log must always be ahead of the tables
+            if not self._flush_raw(conn, sync=True):  # the raw log must always be ahead of the tables
                 self._shed_rows()
                 return None
             part, records = raw.position
@@ -623,7 +634,10 @@ class Collector:
             for t in conn.topics:
                 sources[t.stream.user] = meta
         taken = self.sink.take()
-        written = await asyncio.to_thread(self.sink.write, taken, (lambda key: sources[key[2]]) if sources else None)
+        source = (lambda key: sources[key[2]]) if sources else None
+        self._inflight = asyncio.ensure_future(asyncio.to_thread(self.sink.write, taken, source))
+        # shielded: cancelling the flusher at stop must not orphan a write that may put rows back
+        written = await asyncio.shield(self._inflight)
         if written is None:
             self._shed_rows()
         return written

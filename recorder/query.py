@@ -17,19 +17,31 @@ HIVE_TYPES = "{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}"
 # interval at that instant; on the book it invalidates until the next resync.
 COVERAGE_SQL = """
 CREATE OR REPLACE VIEW coverage AS
-WITH marks AS (
-    SELECT exchange, symbol, channel, ts, event, detail, 0 AS ord,
+WITH base AS (
+    SELECT exchange, symbol, channel, ts, event, detail,
+           -- same-instant events: starts before incidents before the end of a connection
+           CASE event WHEN 'connect' THEN 0 WHEN 'subscribed' THEN 1 WHEN 'resync' THEN 1
+                      WHEN 'gap' THEN 2 WHEN 'error' THEN 2 WHEN 'disconnect' THEN 4 ELSE 5 END AS ord,
            CASE WHEN (channel = 'trades' AND event = 'subscribed')
                   OR (channel = 'book' AND event = 'resync') THEN 1
                 WHEN event IN ('connect', 'disconnect', 'gap', 'error', 'stop') THEN 0 END AS up
     FROM events
-    UNION ALL
-    SELECT exchange, symbol, channel, ts, 'continue', detail, 1, 1
-    FROM events WHERE channel = 'trades' AND event = 'error'
+),
+state AS (  -- `before`: was the stream valid just before this row (trade errors do not change that)
+    SELECT *, coalesce(last_value(CASE WHEN channel = 'trades' AND event = 'error' THEN NULL ELSE up END
+                                  IGNORE NULLS) OVER (
+                  PARTITION BY exchange, symbol, channel ORDER BY ts, ord
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM base
+),
+marks AS (
+    SELECT exchange, symbol, channel, ts, event, detail, ord, up FROM state
+    UNION ALL  -- a trade-stream error splits a valid interval at that instant, nothing more
+    SELECT exchange, symbol, channel, ts, 'continue', detail, 3, before
+    FROM state WHERE channel = 'trades' AND event = 'error' AND before = 1
 ),
 changes AS (
-    SELECT *, lag(up) OVER w AS prev_up, lead(ts) OVER w AS next_ts, lead(event) OVER w AS next_event,
-              lead(detail) OVER w AS next_detail
+    SELECT *, lead(ts) OVER w AS next_ts, lead(event) OVER w AS next_event, lead(detail) OVER w AS next_detail
     FROM (
         SELECT *, lag(up) OVER (PARTITION BY exchange, symbol, channel ORDER BY ts, ord) AS p
         FROM marks WHERE up IS NOT NULL

@@ -81,19 +81,27 @@ def recover_run(data_dir: Path, run: str, files: list[Path]) -> int:
         exchange, conn = header["exchange"], header["connection"]
         users = sorted({t[2] for t in header["topics"]})
         published = published_positions(data_dir, exchange, users, run, conn)
-        replay = ConnectionReplay(sink, {})
-        pending = sorted(published.items(), key=lambda kv: kv[1])
+        # Keys an earlier, interrupted recovery already wrote (crash event included) are dropped
+        # after the crash event is made; live-published keys before it.
+        live = sorted(((k, pos) for k, (pos, rec) in published.items() if not rec), key=lambda kv: kv[1])
+        recovered = [(k, pos) for k, (pos, rec) in published.items() if rec]
 
-        def drop_published(pos: Position, pending=pending, exchange=exchange) -> None:
-            while pending and pending[0][1] <= pos:
-                (table, user, day), _ = pending.pop(0)
+        def drop(entries: list, upto: Position, exchange: str = exchange) -> None:
+            while entries and entries[0][1] <= upto:
+                (table, user, day), _ = entries.pop(0)
                 buf = sink.buffer(table, exchange, user)
                 buf[:] = [r for r in buf if r[0] // DAY_US != day]
 
-        replay.run(parts, drop_published)
+        replay = ConnectionReplay(sink, {})
+        replay.run(parts, lambda pos, live=live: drop(live, pos))
+        everything = (1 << 62, 0)
+        drop(live, everything)  # positions past the log's end: its tail was lost in a machine crash
+        replay.finish()
+        drop(recovered, everything)
         end = (replay.position[0], replay.position[1] + 1)  # past the crash event
-        drop_published(end)
-        source = sources_metadata([{"run": run, "conn": conn, "part": end[0], "records": end[1]}])
+        source = sources_metadata(
+            [{"run": run, "conn": conn, "part": end[0], "records": end[1], "recovered": True}]
+        )
         written = sink.write(sink.take(), source=lambda key, s=source: s)
         if written is None:
             raise OSError(f"cannot write recovered rows to {data_dir}")
@@ -103,9 +111,10 @@ def recover_run(data_dir: Path, run: str, files: list[Path]) -> int:
 
 def published_positions(
     data_dir: Path, exchange: str, users: list[str], run: str, conn: int
-) -> dict[tuple[str, str, int], Position]:
-    """For each (table, symbol, day number): the furthest raw-log position already in Parquet."""
-    out: dict[tuple[str, str, int], Position] = {}
+) -> dict[tuple[str, str, int], tuple[Position, bool]]:
+    """For each (table, symbol, day number): the furthest raw-log position already in Parquet, and
+    whether that file was written by a recovery."""
+    out: dict[tuple[str, str, int], tuple[Position, bool]] = {}
     for table in LIVE_TABLES:
         for user in users:
             base = partition_dir(data_dir, table, exchange, user, "x").parent
@@ -116,8 +125,8 @@ def published_positions(
                     day = _day_number(f.parent.name.removeprefix("date="))
                     key = (table, user, day)
                     pos = (s["part"], s["records"])
-                    if key not in out or pos > out[key]:
-                        out[key] = pos
+                    if key not in out or pos > out[key][0]:
+                        out[key] = (pos, bool(s.get("recovered")))
     return out
 
 

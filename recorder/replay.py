@@ -74,8 +74,12 @@ class ConnectionReplay:
                 self.position = (part, n)
                 if on_position is not None:
                     on_position(self.position)
+
+    def finish(self) -> None:
+        """After the last part: a log without the recorder's clean stop gets a crash `stop`, 1 µs
+        after its last record (so it orders after whatever that record caused)."""
         if self.dispatcher is not None and not self.clean_stop and self.last_t:
-            self.dispatcher.event(self.last_t, None, STOP, CRASH_DETAIL)
+            self.dispatcher.event(self.last_t + 1, None, STOP, CRASH_DETAIL)
 
     def _record(self, t: int, kind: int, payload: bytes) -> None:
         self.records += 1
@@ -124,6 +128,7 @@ def replay(
         streams: dict[tuple[str, str], Stream] = {}
         r = ConnectionReplay(sink, streams)
         r.run(parts)
+        r.finish()
         res.files += len(parts)
         res.records += r.records
         res.rows += sink.flush()

@@ -109,9 +109,18 @@ async def test_subscribe_error_is_recorded_and_retried(tmp_path, sim):
     task = await start(c)
     await wait_for(lambda: books_valid(c) and all(t.acked for x in c.connections for t in x.topics), 15, "retry")
     await finish(c, sim, task)
-    ev = connect(tmp_path).execute("select symbol, channel, event, detail from events").fetchall()
+    con = connect(tmp_path)
+    ev = con.execute("select symbol, channel, event, detail from events").fetchall()
     assert has(ev, "error", text="90004")
     assert_book_matches_truth(tmp_path, sim)
+    # a refused subscription is not coverage: each trade stream is valid from its ack on
+    starts = con.execute(
+        "select symbol, min(start_ts) from coverage where channel = 'trades' group by all order by all"
+    ).fetchall()
+    acks = con.execute(
+        "select symbol, min(ts) from events where channel = 'trades' and event = 'subscribed' group by all order by all"
+    ).fetchall()
+    assert starts == acks
 
 
 async def test_bursty_sending(tmp_path, sim):

@@ -65,24 +65,32 @@ class RawLog:
         self.path: Path | None = None
         self.part = -1  # rotation index; the first file is part 0
         self.records = 0  # records in the current part (header included), buffered ones too
+        self._buffered_records = 0
+        self._closed = False
+        self._part_start_us = 0
         self._opened = 0.0
         self._raw_bytes = 0
         self._last_fsync = 0.0
         self.paths: list[Path] = []
 
-    def _open(self, now_us: int) -> None:
-        date = time.strftime("%Y-%m-%d", time.gmtime(now_us / 1e6))
-        d = raw_dir(self.data_dir, self.exchange, date)
-        d.mkdir(parents=True, exist_ok=True)
+    def _start_part(self, now_us: int) -> None:
+        """Begin the next part: its header goes into the buffer; the file is opened by flush()."""
         self.part += 1
-        self.path = d / unique_name(SUFFIX, tag=f"c{self.connection}p{self.part}")
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._size = 0
+        self.records = 0
+        self._part_start_us = now_us
         self._opened = time.monotonic()
         self._raw_bytes = 0
-        self.records = 0
-        self.paths.append(self.path)
-        self.frame(now_us, orjson.dumps({**self.header, "part": self.part}), HEADER)
+        self._append(now_us, HEADER, orjson.dumps({**self.header, "part": self.part}))
+
+    def _open_file(self) -> None:
+        date = time.strftime("%Y-%m-%d", time.gmtime(self._part_start_us / 1e6))
+        d = raw_dir(self.data_dir, self.exchange, date)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / unique_name(SUFFIX, tag=f"c{self.connection}p{self.part}")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self.path = path
+        self._size = 0
+        self.paths.append(path)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -94,12 +102,17 @@ class RawLog:
         return len(self._buf)
 
     def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
-        if self._fd is None:
-            self._open(recv_us)
-        data = payload.encode() if isinstance(payload, str) else payload
+        """Buffer one record (no I/O here: a full disk must not break the receive path)."""
+        if self._fd is None and self._buffered_records == 0 and (self.part < 0 or self._closed):
+            self._closed = False
+            self._start_part(recv_us)
+        self._append(recv_us, kind, payload.encode() if isinstance(payload, str) else payload)
+
+    def _append(self, t: int, kind: int, data: bytes) -> None:
         self.records += 1
+        self._buffered_records += 1
         buf = self._buf
-        buf += _REC.pack(recv_us, kind, len(data))
+        buf += _REC.pack(t, kind, len(data))
         buf += data
 
     def sent(self, t: int, text: str) -> None:
@@ -113,7 +126,7 @@ class RawLog:
 
     def flush(self) -> None:
         """Append buffered records as one zstd frame; fsync and rotate when due. Raises OSError."""
-        if self._fd is None:
+        if not self._buf and self._fd is None:
             return
         self._write_buffer()
         now = time.monotonic()
@@ -123,8 +136,17 @@ class RawLog:
         if now - self._opened >= self.rotate_seconds or self._raw_bytes >= self.rotate_bytes:
             self.close()
 
+    def sync(self) -> None:
+        """Write and fsync now (before tables claim these records: they must survive a power loss)."""
+        self._write_buffer()
+        if self._fd is not None:
+            os.fsync(self._fd)
+            self._last_fsync = time.monotonic()
+
     def _write_buffer(self) -> None:
         if self._buf:
+            if self._fd is None:
+                self._open_file()
             frame = self._cctx.compress(bytes(self._buf))
             try:
                 written = 0
@@ -137,21 +159,34 @@ class RawLog:
             self._size += len(frame)
             self._raw_bytes += len(self._buf)
             self._buf = bytearray()
+            self._buffered_records = 0
 
     def drop_buffer(self) -> int:
-        """Last resort when the disk refuses writes for too long: forget buffered records."""
+        """Last resort when the disk refuses writes for too long: forget buffered records.
+
+        Positions stay true to the file: the dropped records are un-counted, and a part whose
+        header was among them starts again (same part number) with the next record.
+        """
         n = len(self._buf)
+        self.records -= self._buffered_records
         self._buf = bytearray()
+        self._buffered_records = 0
+        if self._fd is None:  # the header was dropped too
+            self.part -= 1
+            self._closed = True
         return n
 
     def close(self) -> None:
-        """Write what is buffered and close; on OSError the file stays open for a later retry."""
-        if self._fd is None:
-            return
+        """Write what is buffered and close; on OSError the file stays open for a later retry.
+
+        The next record starts a new part.
+        """
         self._write_buffer()
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        self._closed = True
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, int, bytes]]:

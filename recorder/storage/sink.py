@@ -131,9 +131,10 @@ def recover(data_dir: str | Path, alive: Callable[[str], bool] = lambda run: Fal
                 cleaned += _finish_replacement(d / name)
         for name in files:
             p = d / name
-            if is_temp(p) and p.exists() and not alive(run_of(name.lstrip(".")) or ""):
-                p.unlink()
-                cleaned += 1
+            if is_temp(p) and not alive(run_of(name.lstrip(".")) or ""):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    cleaned += 1
     return cleaned
 
 
@@ -148,7 +149,7 @@ def _finish_replacement(marker: Path) -> int:
         for name in payload.get("old", []):
             with contextlib.suppress(FileNotFoundError):
                 (marker.parent / name).unlink()
-    marker.unlink()
+    marker.unlink(missing_ok=True)
     return 1
 
 
@@ -206,6 +207,7 @@ class ParquetSink:
         rows_written = 0
         if self.data_dir is None:
             return sum(len(rows) for rows in taken.values())
+        counters = (self.files_written, self.rows_written)
         with self._lock:
             try:
                 for key, rows in taken.items():
@@ -213,14 +215,13 @@ class ParquetSink:
                     tbl = rows_to_table(table, rows)
                     if source is not None:
                         tbl = tbl.replace_schema_metadata(source(key))
-                    written += self.write_table(table, exchange, symbol, tbl)
+                    self.write_table(table, exchange, symbol, tbl, published=written)
                     rows_written += len(rows)
             except OSError as exc:
                 for p in written:
                     with contextlib.suppress(OSError):
                         p.unlink()
-                self.files_written -= len(written)
-                self.rows_written -= rows_written
+                self.files_written, self.rows_written = counters
                 for key, rows in taken.items():
                     self._buffers.setdefault(key, [])[:0] = rows  # back in front: order is kept
                 msg = f"cannot write to {self.data_dir}: {exc.strerror or exc}"
@@ -233,9 +234,15 @@ class ParquetSink:
     def flush(self) -> int:
         return self.write(self.take()) or 0
 
-    def write_table(self, table: str, exchange: str, symbol: str, tbl: pa.Table) -> list[Path]:
-        """Publish an Arrow table now (one file per UTC date of `ts`)."""
-        paths = []
+    def write_table(
+        self, table: str, exchange: str, symbol: str, tbl: pa.Table, published: list[Path] | None = None
+    ) -> list[Path]:
+        """Publish an Arrow table now (one file per UTC date of `ts`).
+
+        Each published path is appended to `published` at once, so a caller can take back exactly
+        what reached the disk when a later date's file fails.
+        """
+        paths = published if published is not None else []
         for date, part in split_by_date(tbl):
             final = partition_dir(self.data_dir, table, exchange, symbol, date) / unique_name()
             paths.append(write_parquet_atomic(part, final))

@@ -126,3 +126,19 @@ def test_reader_never_sees_a_partial_file_while_writer_runs(tmp_path):
         proc.wait()
     assert proc.returncode == 0
     assert connect(tmp_path).execute("select count(*) from trades").fetchone() == (800_000,)
+
+
+def test_failure_on_the_second_date_of_a_flush_takes_back_the_first(tmp_path):
+    """A flush spanning midnight is all or nothing: no row is published twice after a retry."""
+    errors: list[str] = []
+    sink = ParquetSink(tmp_path, on_error=errors.append)
+    sink.buffer("trades", "bitmart", "BTC-USDT").extend(trade(i, T0 + i * 3_600_000_000) for i in range(5))
+    blocker = tmp_path / "trades/exchange=bitmart/symbol=BTC-USDT/date=2023-11-15"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the second date's directory must go")
+    assert sink.flush() == 0 and errors
+    assert not list((tmp_path / "trades").rglob("*.parquet"))  # the first date's file was taken back
+    blocker.unlink()
+    assert sink.flush() == 5
+    con = connect(tmp_path)
+    assert con.execute("select count(*), count(distinct ts) from trades").fetchone() == (5, 5)
