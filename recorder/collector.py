@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
-from recorder.storage.checkpoint import RunLock, run_is_alive, sources_metadata
+from recorder.storage.checkpoint import RunLock, lock_stream, run_is_alive, sources_metadata
 from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.symbols import fetch_markets, resolve
@@ -457,6 +458,7 @@ class Collector:
         self.dropped_raw_bytes = 0
         self.lock: RunLock | None = None
         self._inflight: asyncio.Future | None = None
+        self._stream_locks: list[int] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
 
     def spawn(self, coro) -> None:
@@ -480,8 +482,11 @@ class Collector:
         try:
             markets = await fetch_markets(self.session, self.adapter, self.rest_url)
             mapping = resolve(self.requested, markets, self.exchange)
+            if data_dir is not None:
+                self._stream_locks = [lock_stream(data_dir, self.exchange, user) for user in mapping]
             await self._probe_websocket()
         except BaseException:
+            self._release_stream_locks()
             await self.session.close()
             raise
         stale_is_gap = getattr(self.adapter, "STALE_IS_GAP", False)
@@ -558,10 +563,16 @@ class Collector:
             if self.lock is not None:
                 clean = written is not None and self.sink.pending_rows() == 0
                 self.lock.finish(clean=clean, has_raw=self.options.raw)
+            self._release_stream_locks()
             await self.session.close()
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _release_stream_locks(self) -> None:
+        for fd in self._stream_locks:
+            os.close(fd)
+        self._stream_locks = []
 
     @property
     def errors(self) -> int:

@@ -109,3 +109,25 @@ def test_compact_merges_todays_files_without_losing_rows(tmp_path):
     assert p.returncode == 0 and "compacted" in p.stderr, p.stderr
     assert all(len(list(p.glob("*.parquet"))) == 1 for p in parts)
     assert run("sql", count, "--format", "csv", cwd=tmp_path).stdout == before
+
+
+def test_a_second_recorder_of_the_same_stream_is_refused(tmp_path):
+    """Two recorders of one symbol in one data dir would store it twice: the second one is refused."""
+    import time
+
+    first = subprocess.Popen(
+        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "--duration", "20", "-q"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "data" / "raw").rglob("*.zst")):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        second = run("run", "bitmart", "btc-usdt", "--sim", "--duration", "1", cwd=tmp_path)
+        assert_one_line_error(second, "already being recorded")
+        other = run("run", "bitmart", "ETH-USDT", "--sim", "--duration", "1", "-q", cwd=tmp_path)
+        assert other.returncode == 0, other.stderr  # another symbol may share the data dir
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)

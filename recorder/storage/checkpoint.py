@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 
+from recorder.errors import RecorderError
 from recorder.storage.layout import run_id
 
 SOURCES_KEY = "recorder.sources"
@@ -88,3 +89,14 @@ def run_is_alive(data_dir: str | Path, run: str) -> bool:
         return True
     os.close(fd)
     return False
+
+
+def lock_stream(data_dir: str | Path, exchange: str, symbol: str) -> int:
+    """One live recorder per (exchange, symbol) and data dir: two would store the stream twice and
+    confuse `coverage`. Returns the held lock's fd; raises RecorderError when another process has it."""
+    d = runs_dir(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = try_lock(d / f"stream-{exchange}-{symbol}.lock")
+    if fd is None:
+        raise RecorderError(f"{symbol} on {exchange} is already being recorded into {data_dir} by another process")
+    return fd
