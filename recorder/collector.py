@@ -179,6 +179,7 @@ class Dispatcher:
         self.depth = depth
         self.rawlog = rawlog
         self.request: Callable[[Stream], None] = lambda s: None
+        self._decode, self._decode_errors, self._parse = adapter.decode, adapter.DECODE_ERRORS, adapter.parse
         self.by_topic = {t.name: t for t in topics}
         self.book_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == BOOK}
         self.trades_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == TRADES}
@@ -188,8 +189,8 @@ class Dispatcher:
 
     def frame(self, recv: int, frame: bytes | str) -> None:
         try:
-            raw = self.adapter.decode(frame)
-        except self.adapter.DECODE_ERRORS as exc:
+            raw = self._decode(frame)
+        except self._decode_errors as exc:
             if self.rawlog is not None:
                 self.rawlog.frame(recv, frame, BADFRAME)
             self._on_error(ProtocolError(f"undecodable frame: {exc}", code="decode"), recv)
@@ -200,7 +201,7 @@ class Dispatcher:
 
     def payload(self, recv: int, raw: bytes | str) -> None:
         trades_by_wire = self.trades_by_wire
-        for m in self.adapter.parse(raw):
+        for m in self._parse(raw):
             if type(m) is BookMessage:
                 self._on_book(m, recv)
             elif type(m) is TradeBatch:

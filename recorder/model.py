@@ -11,7 +11,6 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 LEVEL = pa.struct([("price", pa.float64()), ("amount", pa.float64())])
-SIDE = pa.dictionary(pa.int8(), pa.string())
 
 _COMMON = [("ts", TS), ("recv_ts", TS)]
 
@@ -66,7 +65,6 @@ SCHEMAS["candles"] = pa.schema(
     + [pa.field("vwap", pa.float64()), pa.field("buy_volume", pa.float64()), pa.field("complete", pa.bool_())]
 )
 
-TABLES = tuple(SCHEMAS)
 # Low-cardinality string columns that are worth dictionary encoding in Parquet.
 DICTIONARY_COLUMNS = ["side", "channel", "event", "interval"]
 
@@ -105,7 +103,6 @@ class BookMessage:
     ts: int  # exchange time, us
     bids: list[tuple[float, float]]
     asks: list[tuple[float, float]]
-    prev_seq: int | None = None  # for protocols that chain explicitly
 
 
 @dataclass(slots=True)

@@ -123,7 +123,8 @@ def _summary(c: Collector) -> str:
     trades = sum(s.trade_count for s in c.streams.values())
     return (
         f"stopped: {trades:,} trades, {c.sink.rows_written:,} rows in {c.sink.files_written} files, "
-        f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors"
+        f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors, "
+        f"{sum(s.duplicates_dropped for s in c.streams.values())} trades replayed after a reconnect dropped"
     )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,22 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
     assert lines and lines[-1].startswith("error:"), p.stderr
     for n in needles:
         assert n in p.stderr, p.stderr
+
+
+def spawn_recording(cwd: Path, *args: str, data: Path | None = None, timeout: float = 30) -> subprocess.Popen:
+    """Start `recorder run ARGS` and return once it has captured its first frames (a new raw log)."""
+    raw = (data or cwd / "data") / "raw"
+    before = set(raw.rglob("*.zst"))
+    proc = subprocess.Popen(
+        [RECORDER, "run", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + timeout
+    while not set(raw.rglob("*.zst")) - before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"recorder did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    return proc
 
 
 def free_port() -> int:
@@ -74,18 +92,8 @@ def test_bad_sql_is_one_line(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_sigterm_stops_cleanly_and_flushes(tmp_path):
-    import signal
-    import time
-
-    proc = subprocess.Popen(
-        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "-q"], cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = spawn_recording(tmp_path, "bitmart", "BTC-USDT", "--sim", "-q")
     try:
-        deadline = time.monotonic() + 30
-        while not list((tmp_path / "data" / "raw").rglob("*.zst")):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
@@ -113,17 +121,8 @@ def test_compact_merges_todays_files_without_losing_rows(tmp_path):
 
 def test_a_second_recorder_of_the_same_stream_is_refused(tmp_path):
     """Two recorders of one symbol in one data dir would store it twice: the second one is refused."""
-    import time
-
-    first = subprocess.Popen(
-        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "--duration", "20", "-q"], cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    first = spawn_recording(tmp_path, "bitmart", "BTC-USDT", "--sim", "--duration", "20", "-q")
     try:
-        deadline = time.monotonic() + 30
-        while not list((tmp_path / "data" / "raw").rglob("*.zst")):
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.1)
         second = run("run", "bitmart", "btc-usdt", "--sim", "--duration", "1", cwd=tmp_path)
         assert_one_line_error(second, "already being recorded")
         other = run("run", "bitmart", "ETH-USDT", "--sim", "--duration", "1", "-q", cwd=tmp_path)

@@ -104,14 +104,6 @@ class Aggregator:
             made.append(iv)
         return {iv: self.con.sql(f"SELECT * FROM raw_{iv} ORDER BY b").to_arrow_table() for iv in targets}
 
-    def rollup(self, source: pa.Table, interval: str) -> pa.Table:
-        self.con.register("rollup_source", source)
-        try:
-            sql = _ROLLUP.format(w=INTERVALS[interval], src="rollup_source")
-            return self.con.sql(f"SELECT * RENAME (bucket AS b) FROM ({sql}) ORDER BY b").to_arrow_table()
-        finally:
-            self.con.unregister("rollup_source")
-
 
 def rollup_sorted(source: pa.Table, width: int) -> pa.Table:
     """`_ROLLUP` in numpy for raw candles sorted by `b` (unique): the few rows an append touches,

@@ -47,15 +47,6 @@ def topic(channel: str, wire_symbol: str) -> str:
     return f"{CHANNEL_OF[channel]}:{wire_symbol}"
 
 
-def split_topic(t: str) -> tuple[str, str]:
-    """`spot/trade:BTC_USDT` -> ('trades', 'BTC_USDT')."""
-    chan, _, sym = t.rpartition(":")
-    for ours, theirs in CHANNEL_OF.items():
-        if theirs == chan:
-            return ours, sym
-    return chan, sym
-
-
 def subscribe_messages(topics: list[str], op: str = "subscribe") -> list[str]:
     """Requests for `topics`, at most 20 per message and under the 4096-byte payload cap."""
     out: list[str] = []

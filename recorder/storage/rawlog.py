@@ -66,7 +66,7 @@ class RawLog:
         self.part = -1  # rotation index; the first file is part 0
         self.records = 0  # records in the current part (header included), buffered ones too
         self._buffered_records = 0
-        self._closed = False
+        self._need_header = True  # the next record starts a part (first one, or after close/drop)
         self._part_start_us = 0
         self._opened = 0.0
         self._raw_bytes = 0
@@ -75,6 +75,7 @@ class RawLog:
 
     def _start_part(self, now_us: int) -> None:
         """Begin the next part: its header goes into the buffer; the file is opened by flush()."""
+        self._need_header = False
         self.part += 1
         self.records = 0
         self._part_start_us = now_us
@@ -103,8 +104,7 @@ class RawLog:
 
     def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
         """Buffer one record (no I/O here: a full disk must not break the receive path)."""
-        if self._fd is None and self._buffered_records == 0 and (self.part < 0 or self._closed):
-            self._closed = False
+        if self._need_header:
             self._start_part(recv_us)
         self._append(recv_us, kind, payload.encode() if isinstance(payload, str) else payload)
 
@@ -173,7 +173,7 @@ class RawLog:
         self._buffered_records = 0
         if self._fd is None:  # the header was dropped too
             self.part -= 1
-            self._closed = True
+            self._need_header = True
         return n
 
     def close(self) -> None:
@@ -186,7 +186,7 @@ class RawLog:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-        self._closed = True
+        self._need_header = True
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
