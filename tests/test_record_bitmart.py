@@ -21,6 +21,7 @@ from .recording import (
     books_valid,
     finish,
     options,
+    record_trades,
     start,
     wait_for,
 )
@@ -41,7 +42,7 @@ async def test_book_exact_and_trades_once_through_gaps_disconnects_and_garbage(t
     await asyncio.sleep(0.3)
     sim.drop_connections()
     await wait_for(lambda: sum(x.reconnects for x in c.connections) >= 1 and books_valid(c), 15, "reconnect")
-    await asyncio.sleep(0.5)
+    await record_trades(sim, 200)  # hundreds of trades: periodic loss must show
     await finish(c, sim, task)
 
     assert_book_matches_truth(tmp_path, sim)
