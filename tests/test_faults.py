@@ -16,27 +16,33 @@ from recorder.collector import Collector
 from recorder.sim.bitmart import BitmartSpotSim
 
 from .recording import (
+    MIN_TRADES,
     SYMBOLS,
     assert_book_matches_truth,
     assert_every_sent_trade_once,
     books_valid,
     finish,
     options,
+    record_trades,
     start,
     wait_for,
 )
 
 
 async def run_fault(tmp_path: Path, sim: BitmartSpotSim, inject, settle, **opts) -> list[tuple]:
-    """Record, inject a fault once the books are valid, wait for `settle`, stop; return events."""
+    """Record, inject a fault once the books are valid, wait for `settle`, stop; return events.
+
+    Hundreds of trades per symbol on each side of the fault, so that a loss of one trade in a hundred,
+    a doubled or a reordered trade fails the order-aware comparison with what the simulator sent.
+    """
     c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim, **opts))
     task = await start(c)
     await wait_for(lambda: books_valid(c), 10, "first snapshots")
-    await asyncio.sleep(0.3)
+    await record_trades(sim, MIN_TRADES // 2)
     before = {u: (s.book.snapshots, s.book.gaps) for u, s in c.streams.items()}
     inject(sim)
     await wait_for(lambda: settle(c, before), 20, "recovery from the fault")
-    await asyncio.sleep(0.3)  # neighbouring messages after the fault
+    await record_trades(sim, MIN_TRADES // 2)  # neighbouring messages after the fault
     await finish(c, sim, task)
     assert_book_matches_truth(tmp_path, sim)
     assert_every_sent_trade_once(tmp_path, sim)
@@ -108,11 +114,13 @@ async def test_subscribe_error_is_recorded_and_retried(tmp_path, sim):
     sim.fail_next_subscribe(1)
     task = await start(c)
     await wait_for(lambda: books_valid(c) and all(t.acked for x in c.connections for t in x.topics), 15, "retry")
+    await record_trades(sim, MIN_TRADES)
     await finish(c, sim, task)
     con = connect(tmp_path)
     ev = con.execute("select symbol, channel, event, detail from events").fetchall()
     assert has(ev, "error", text="90004")
     assert_book_matches_truth(tmp_path, sim)
+    assert_every_sent_trade_once(tmp_path, sim)
     # a refused subscription is not coverage: each trade stream is valid from its ack on
     starts = con.execute(
         "select symbol, min(start_ts) from coverage where channel = 'trades' group by all order by all"
@@ -149,8 +157,10 @@ async def test_rest_errors_at_start_are_retried(tmp_path, sim, status, retry_aft
     c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
     task = await start(c)
     await wait_for(lambda: books_valid(c), 15, "start after REST errors")
+    await record_trades(sim, MIN_TRADES)
     await finish(c, sim, task)
     assert_book_matches_truth(tmp_path, sim)
+    assert_every_sent_trade_once(tmp_path, sim)
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
