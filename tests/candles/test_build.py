@@ -60,8 +60,19 @@ def two_days(tmp_path):
     return tmp_path, trades
 
 
+def by_receive_time(trades, width: int) -> pd.Series:  # noqa: ANN001
+    """The wrong close: the last trade to arrive in each bucket."""
+    df = pd.DataFrame(list(trades), columns=["ts", "recv_ts", "trade_id", "side", "price", "amount"])
+    df = df.sort_values("recv_ts", kind="stable")
+    return df.groupby(df["ts"] // width * width)["price"].last()
+
+
 def test_every_interval_matches_an_independent_computation(two_days):
     data_dir, trades = two_days
+    # the data can tell exchange time from arrival: late trades, closes that differ by receive time
+    assert sum(a[0] > b[0] for a, b in zip(trades, trades[1:], strict=False)) > 100
+    for width in (SEC, MIN, HOUR):
+        assert (by_receive_time(trades, width) != reference(trades, width)["close"]).sum() >= 10
     report = build_candles(data_dir)
     assert report.count("full") == 2
     con = recorder.connect(data_dir)
@@ -319,18 +330,26 @@ def test_a_trade_file_replaced_during_the_build_is_picked_up(two_days, monkeypat
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
-        st.tuples(st.integers(0, 3 * MIN // 1000), st.integers(1, 300), st.booleans(), st.integers(1, 40)),
+        st.tuples(
+            st.integers(0, 3 * MIN // 1000),
+            st.integers(1, 300),
+            st.booleans(),
+            st.integers(1, 40),
+            st.integers(0, 5 * MIN),
+        ),
         min_size=1,
         max_size=60,
     ),
     st.lists(st.integers(1, 59), max_size=3),
 )
 def test_any_trades_any_file_split_match_the_reference(tmp_path_factory, items, cuts):
-    """Exchange times on a coarse ms grid (many ties), rows cut into several files at random."""
+    """Exchange times on a coarse ms grid (many ties) in any arrival order, receive times unrelated to
+    either (another recorder's clock, compacted files): only exchange time, then file and row order,
+    may decide open and close. Rows cut into several files at random."""
     data_dir = tmp_path_factory.mktemp("prop")
     trades = [
-        (T0 + DAY - MIN + ms * 1000, T0 + DAY + i, None, "buy" if buy else "sell", price / 4, size / 8)
-        for i, (ms, price, buy, size) in enumerate(items)
+        (T0 + DAY - MIN + ms * 1000, T0 + DAY + recv, None, "buy" if buy else "sell", price / 4, size / 8)
+        for ms, price, buy, size, recv in items
     ]  # straddles midnight: two dates
     bounds = sorted({0, len(trades), *(c % (len(trades) + 1) for c in cuts)})
     for lo, hi in zip(bounds, bounds[1:], strict=False):

@@ -33,22 +33,36 @@ def write_events(
     ParquetSink(data_dir).write_table("events", exchange, symbol, rows_to_table("events", rows))
 
 
-def random_trades(rng: np.random.Generator, start: int, end: int, n: int, ms: bool = True) -> list[Trade]:
-    """Trades in arrival order; exchange times at ms resolution so that ties are common."""
+def random_trades(
+    rng: np.random.Generator, start: int, end: int, n: int, ms: bool = True, late: float = 0.05
+) -> list[Trade]:
+    """Trades in arrival order, as a recorder would write them; exchange times in [start, end).
+
+    Arrival order is NOT exchange order: most trades arrive a few ms after their exchange time, a
+    fraction `late` of them up to two minutes late (after trades that happened later, often in a later
+    candle). So a builder that orders by receive time, or by position in the files, gets open and
+    close wrong. Exchange times at ms resolution, so that ties are common.
+    """
     ts = np.sort(rng.integers(start, end, n))
     if ms:
         ts = ts // 1000 * 1000
+    delay = 1000 + rng.integers(0, 5000, n)
+    is_late = rng.random(n) < late
+    delay[is_late] += rng.integers(1_000_000, 120_000_000, int(is_late.sum()))
+    recv = ts + delay
+    order = np.argsort(recv, kind="stable")  # the order frames reached the recorder
     price = np.round(100 + np.cumsum(rng.normal(0, 0.05, n)), 2)
     amount = np.round(rng.exponential(0.5, n) + 0.001, 4)
     side = np.where(rng.random(n) < 0.5, "buy", "sell")
     return [
-        (int(t), int(t) + 3000, None, str(s), float(p), float(a))
-        for t, s, p, a in zip(ts, side, price, amount, strict=True)
+        (int(ts[i]), int(recv[i]), None, str(side[i]), float(price[i]), float(amount[i])) for i in order
     ]
 
 
 def reference(trades: Sequence[Trade], width_us: int) -> pd.DataFrame:
-    """Candles computed the plain way: stable sort by exchange time (arrival order breaks ties)."""
+    """Candles computed the plain way, with pandas: `trades` is in arrival order (the order the rows
+    were written: file after file, row after row); a stable sort by exchange time keeps arrival order
+    among ties (README: "ties in arrival order"). `recv_ts` plays no part."""
     df = pd.DataFrame(list(trades), columns=["ts", "recv_ts", "trade_id", "side", "price", "amount"])
     df = df.sort_values("ts", kind="stable")
     df["b"] = df["ts"] // width_us * width_us
