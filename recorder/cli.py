@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from recorder import exchanges
+from recorder import checks, exchanges
 from recorder.errors import RecorderError
 from recorder.model import CHANNELS
 
@@ -58,32 +58,57 @@ def run(
     from recorder.collector import Options
     from recorder.runner import record
 
-    opts = Options(
-        data_dir=data_dir,
-        channels=_channels(channels),
-        duration=duration,
-        ws_url=ws_url,
-        rest_url=rest_url,
-        flush_interval=flush_interval,
-        raw=raw,
-    )
-    sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
-    _guard(lambda: asyncio.run(record(exchange, symbols, opts, sim=sim_options, status=not quiet)))
+    def go() -> None:
+        # 0 or a negative would stop at once / flush in a busy loop / stall the simulator
+        checks.positive(duration, "--duration")
+        checks.positive(flush_interval, "--flush-interval")
+        checks.positive(sim_rate, "--sim-rate", "events per second")
+        opts = Options(
+            data_dir=data_dir,
+            channels=_channels(channels),
+            duration=duration,
+            ws_url=ws_url,
+            rest_url=rest_url,
+            flush_interval=flush_interval,
+            raw=raw,
+        )
+        sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
+        asyncio.run(record(exchange, symbols, opts, sim=sim_options, status=not quiet))
+
+    _guard(go)
 
 
 @app.command()
 def simulate(
     exchange: str = typer.Argument("bitmart"),
-    port: int = typer.Option(8765, "--port"),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8765, "--port", help="TCP port (0: any free port; the real one is printed)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
     seed: int = typer.Option(0, "--seed"),
     rate: float = typer.Option(50.0, "--rate", help="market events per second (0 = full speed)"),
     symbols: int = typer.Option(0, "--symbols", help="serve this many synthetic symbols instead of the default set"),
+    fault: str | None = typer.Option(
+        None,
+        "--fault",
+        help="inject these faults, round robin, for real on the open sockets: comma list of "
+        "all, gap, duplicate, stale, disconnect, hang, garbage, deflate, bomb, oversized, subscribe, "
+        "rest429, rest5xx",
+    ),
+    fault_every: float = typer.Option(10.0, "--fault-every", help="seconds between two injected faults"),
 ) -> None:
-    """Run an exchange simulator standalone (prints its ws and rest URLs)."""
+    """Run an exchange simulator standalone (prints its ws and rest URLs and where it listens)."""
     from recorder.runner import simulate_forever
+    from recorder.sim.faults import parse_faults
 
-    _guard(lambda: asyncio.run(simulate_forever(exchange, host, port, seed, rate, symbols)))
+    def go() -> None:
+        checks.tcp_port(port)
+        checks.non_negative(rate, "--rate", "full speed")
+        checks.positive(fault_every, "--fault-every")
+        if symbols < 0:
+            raise RecorderError(f"--symbols must be 0 (the default set) or more, not {symbols}")
+        faults = parse_faults(fault)
+        asyncio.run(simulate_forever(exchange, host, port, seed, rate, symbols, faults, fault_every))
+
+    _guard(go)
 
 
 @app.command()
@@ -108,11 +133,12 @@ def compact(
     date: str | None = typer.Option(None, "--date", help="only this UTC date (YYYY-MM-DD)"),
     include_today: bool = typer.Option(False, "--include-today", help="also compact today's (unfinished) date"),
 ) -> None:
-    """Merge a finished date's small files into one file per partition (≥100k-row groups)."""
+    """Merge a finished date's small files into one file per partition (row groups of up to 1M rows)."""
     from recorder.storage.compact import compact_data_dir
 
     def go() -> None:
-        res = compact_data_dir(data_dir, tables=table or None, date=date, include_today=include_today)
+        day = checks.utc_date(date)
+        res = compact_data_dir(data_dir, tables=table or None, date=day, include_today=include_today)
         err.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows")
 
     _guard(go)

@@ -441,7 +441,7 @@ class Collector:
     """Records `symbols` of `exchange` into `options.data_dir` until stopped."""
 
     def __init__(self, exchange: str, symbols: list[str], options: Options) -> None:
-        self.exchange = exchange
+        self.exchange = exchanges.canonical(exchange)  # partitions, locks and raw headers: lower-case
         self.requested = symbols
         self.options = options
         self.adapter: ModuleType = exchanges.adapter(exchange)

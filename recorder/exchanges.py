@@ -16,8 +16,21 @@ def names() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def adapter(exchange: str) -> ModuleType:
-    mod = ADAPTERS.get(exchange.lower())
-    if mod is None:
+def normalize(exchange: str) -> str:
+    """The stored form of an exchange name: case-insensitive on input, always lower-case on disk.
+
+    Partitions (`exchange=...`), per-stream locks and raw-log headers all use this form, so
+    `BITMART` and `bitmart` are one exchange to every query, lock and replay."""
+    return exchange.strip().lower()
+
+
+def canonical(exchange: str) -> str:
+    """`normalize(exchange)`, refusing names the recorder does not speak."""
+    name = normalize(exchange)
+    if name not in ADAPTERS:
         raise RecorderError(f"unknown exchange {exchange!r}; known: {', '.join(names())}")
-    return importlib.import_module(mod)
+    return name
+
+
+def adapter(exchange: str) -> ModuleType:
+    return importlib.import_module(ADAPTERS[canonical(exchange)])

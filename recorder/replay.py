@@ -104,7 +104,7 @@ class ConnectionReplay:
             d.frame(t, payload)
 
     def _dispatcher(self, header: dict) -> Dispatcher:
-        exchange = header["exchange"]
+        exchange = exchanges.canonical(header["exchange"])  # logs of older runs may say `BITMART`
         adapter = exchanges.adapter(exchange)
         topics = []
         for name, channel, user, wire in header["topics"]:

@@ -26,8 +26,8 @@ LONG_RUNNING_SIM = {"record_sent": False, "trade_log_limit": 100_000, "history_m
 
 
 def simulator_class(exchange: str):
-    exchanges.adapter(exchange)  # unknown exchange -> the same clear error as `run`
-    spec = SIMULATORS.get(exchange.lower())
+    exchange = exchanges.canonical(exchange)  # unknown exchange -> the same clear error as `run`
+    spec = SIMULATORS.get(exchange)
     if spec is None:
         raise RecorderError(f"no simulator for {exchange!r} yet")
     mod, _, name = spec.partition(":")
@@ -69,7 +69,7 @@ async def record(
             install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty()
         console.print(
-            f"recording {exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
+            f"recording {collector.exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
             f"({'simulator ' if sim else ''}{collector.ws_url})",
             highlight=False,
         )
@@ -128,23 +128,71 @@ def _summary(c: Collector) -> str:
     )
 
 
-async def simulate_forever(exchange: str, host: str, port: int, seed: int, rate: float, extra_symbols: int) -> None:
-    """Serve until SIGINT/SIGTERM. `extra_symbols` > 0 serves that many synthetic symbols instead."""
+async def simulate_forever(
+    exchange: str,
+    host: str,
+    port: int,
+    seed: int,
+    rate: float,
+    extra_symbols: int,
+    faults: list[str] | None = None,
+    fault_every: float = 10.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM. `extra_symbols` > 0 serves that many synthetic symbols instead.
+
+    `faults` (names from `recorder.sim.faults.FAULTS`) are injected round robin every `fault_every` s.
+    """
+    from recorder.sim.faults import inject_forever
+
     cls = simulator_class(exchange)
     sim = cls(symbols=extra_symbols or None, seed=seed, rate=rate, **LONG_RUNNING_SIM)
     try:
         await sim.start(host=host, port=port)
     except OSError as exc:
         raise RecorderError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    print(f"ws   {sim.ws_url}\nrest {sim.rest_url}", flush=True)
+    # the first line starts with `ws` (scripts read it); then where it really listens
+    print(f"ws   {sim.ws_url}\nrest {sim.rest_url}\n{listening_line(host, sim.port)}", flush=True)
     stop = asyncio.Event()
     from recorder.cli import install_signal_handlers
 
     install_signal_handlers(stop.set)
+    injector = None
+    if faults:
+        print(f"faults: {', '.join(faults)}, one every {fault_every:g} s", flush=True)
+        injector = asyncio.create_task(
+            inject_forever(sim, faults, fault_every, lambda line: print(line, flush=True), seed)
+        )
     try:
         await stop.wait()
     finally:
+        if injector is not None:
+            injector.cancel()
         await sim.stop()
+
+
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def listening_line(host: str, port: int) -> str:
+    """Where a server bound to `host:port` listens, and a URL other machines can use for a wildcard."""
+    if host not in WILDCARDS:
+        return f"listening on {host}:{port}"
+    reachable = outward_address()
+    other = f"; from other machines: ws://{reachable}:{port}/api?protocol=1.1" if reachable else ""
+    return f"listening on {host or '0.0.0.0'}:{port} (every interface){other}"
+
+
+def outward_address() -> str | None:
+    """This machine's address on its default route (a UDP `connect` sends nothing), if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the routing table is consulted
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
 def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int) -> None:

@@ -130,3 +130,82 @@ def test_a_second_recorder_of_the_same_stream_is_refused(tmp_path):
     finally:
         first.terminate()
         first.communicate(timeout=20)
+
+
+# ---- issue 7 (4, 9): exchange names, option values, the standalone simulator ------------------------
+
+
+def test_exchange_names_are_stored_lower_case_and_share_the_stream_lock(tmp_path):
+    """`BITMART btc_usdt` is the stream `bitmart BTC-USDT`: same lock, same partition, same raw dir."""
+    first = spawn_recording(tmp_path, "bitmart", "BTC-USDT", "--sim", "--duration", "20", "-q")
+    try:
+        second = run("run", "BITMART", "btc_usdt", "--sim", "--duration", "1", "-q", cwd=tmp_path)
+        assert_one_line_error(second, "already being recorded")
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+    p = run("run", " BitMart ", "eth_usdt", "--sim", "--duration", "2", "-q", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    data = tmp_path / "data"
+    for table in ("trades", "book_updates", "events", "raw"):
+        assert sorted(d.name for d in (data / table).iterdir()) == ["exchange=bitmart"], table
+    q = run(
+        "sql", "select count(*) from trades where exchange = 'bitmart' and symbol = 'ETH-USDT'",
+        "--format", "csv", cwd=tmp_path,
+    )
+    assert int(q.stdout.splitlines()[1]) > 0, q.stdout + q.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("run", "bitmart", "BTC-USDT", "--sim", "--duration", "0"), "--duration"),
+        (("run", "bitmart", "BTC-USDT", "--sim", "--duration", "-5"), "--duration"),
+        (("run", "bitmart", "BTC-USDT", "--sim", "--flush-interval", "0"), "--flush-interval"),
+        (("run", "bitmart", "BTC-USDT", "--sim", "--flush-interval", "-1"), "--flush-interval"),
+        (("run", "bitmart", "BTC-USDT", "--sim", "--sim-rate", "0"), "--sim-rate"),
+        (("run", "bitmart", "BTC-USDT", "--sim", "--sim-rate", "-50"), "--sim-rate"),
+        (("simulate", "bitmart", "--rate", "-1"), "--rate"),
+        (("simulate", "bitmart", "--port", "70000"), "--port"),
+        (("simulate", "bitmart", "--port", "-1"), "--port"),
+        (("simulate", "bitmart", "--fault", "gap,flood"), "unknown fault(s) flood"),
+        (("simulate", "bitmart", "--fault", "gap", "--fault-every", "0"), "--fault-every"),
+        (("compact", "--date", "2026-13-45"), "--date '2026-13-45' is not a date"),
+        (("compact", "--date", "yesterday"), "YYYY-MM-DD"),
+    ],
+)
+def test_bad_option_values_are_refused_with_one_line(tmp_path, args, needle):
+    (tmp_path / "data").mkdir()
+    p = run(*args, cwd=tmp_path, timeout=30)
+    assert_one_line_error(p, needle)
+    assert p.returncode == 2
+    assert not any((tmp_path / "data").iterdir())  # refused before anything was started or written
+
+
+def test_simulate_says_where_it_listens_and_injects_the_faults_asked_for(tmp_path):
+    """`--host 0.0.0.0` prints the real listening address; `--fault` faults reach a real recorder."""
+    help_text = run("simulate", "--help", cwd=tmp_path).stdout
+    assert "--fault" in help_text and "--fault-every" in help_text
+    sim = subprocess.Popen(
+        [RECORDER, "simulate", "bitmart", "--host", "0.0.0.0", "--port", "0", "--rate", "200",
+         "--fault", "garbage,disconnect", "--fault-every", "1.5"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        head = [sim.stdout.readline() for _ in range(3)]
+        assert head[0].startswith("ws   ws://127.0.0.1:"), head
+        port = int(head[1].rsplit(":", 1)[1])
+        assert port > 0
+        assert head[2].startswith(f"listening on 0.0.0.0:{port} (every interface)"), head
+        rec = run(
+            "run", "bitmart", "BTC-USDT", "--ws-url", f"ws://127.0.0.1:{port}/api?protocol=1.1",
+            "--rest-url", f"http://127.0.0.1:{port}", "--duration", "6", "-q", cwd=tmp_path,
+        )
+        assert rec.returncode == 0, rec.stderr
+    finally:
+        sim.terminate()
+        out, _ = sim.communicate(timeout=20)
+    assert "fault garbage:" in out and "fault disconnect: 1 connection(s) reset" in out, out
+    q = run("sql", "select event, detail from events where channel = 'trades'", "--format", "csv", cwd=tmp_path)
+    assert "undecodable frame" in q.stdout, q.stdout
+    assert sum(1 for ln in q.stdout.splitlines() if ln.startswith("connect,")) >= 2, q.stdout  # reconnected

@@ -205,7 +205,7 @@ class _Job:
         end: TimeLike | None,
         rest_url: str | None,
     ) -> _Job:
-        exchange = exchange.lower()
+        exchange = exchanges.normalize(exchange)
         if exchange not in SUPPORTED:
             raise RecorderError(f"backfill supports {', '.join(SUPPORTED)}, not {exchange!r}")
         if interval not in STEP_MINUTES:

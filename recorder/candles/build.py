@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recorder import exchanges
 from recorder.candles.aggregate import (
     FINE,
     RAW_COLUMNS,
@@ -135,7 +136,7 @@ def build_candles(
     if not root.is_dir():
         raise RecorderError(f"no data dir at {root}")
     wanted = parse_intervals(intervals)
-    exchange = exchange.lower() if exchange else None
+    exchange = exchanges.normalize(exchange) if exchange else None
     symbol = normalize(symbol) if symbol else None
     report = BuildReport()
     with state_lock(root / "candles" / STATE_DIR):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from recorder import exchanges
 from recorder.candles.backfill import RATE_LIMIT, STEP_MINUTES, SUPPORTED, fetch_klines, windows
 from recorder.candles.intervals import EPOCH, INTERVALS
 from recorder.candles.live import ENDS_COVERAGE, Candle, CandleUpdate, LiveCandles, LiveStats
@@ -83,7 +84,7 @@ class CandlesFeed:
             raise ValueError("max_candles must be at least 1")
         if grace < 0:
             raise ValueError("grace must not be negative")
-        self.exchange = exchange.lower()
+        self.exchange = exchanges.normalize(exchange)
         self.symbol = normalize(symbol)
         self.interval = interval
         self.max_candles = max_candles

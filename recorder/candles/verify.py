@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from recorder import exchanges
 from recorder.candles.backfill import TimeLike, parse_time
 from recorder.candles.intervals import INTERVALS
 from recorder.errors import RecorderError
@@ -113,6 +114,7 @@ def verify(
     if interval not in INTERVALS:
         raise RecorderError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
     sym = normalize(symbol)
+    exchange = exchanges.normalize(exchange)
     result = VerifyResult(exchange, sym, interval)
     con = connect(data_dir)
     try:
