@@ -1,12 +1,20 @@
-"""Fixtures shared by the recorder's integration tests."""
+"""Fixtures shared by the recorder's integration tests, and how many xdist workers run them."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from recorder.sim.bitmart import BitmartSpotSim
 
 from .recording import SYMBOLS
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at least two (most tests wait on sockets and timers, not CPU);
+    RECORDER_TEST_WORKERS overrides."""
+    return int(os.environ.get("RECORDER_TEST_WORKERS", 0)) or max(2, os.cpu_count() or 1)
 
 
 @pytest.fixture

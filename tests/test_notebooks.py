@@ -19,6 +19,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
+pytestmark = pytest.mark.xdist_group("notebooks")  # one worker, so one recording for all three
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 RECORD_SECONDS = 20
 PROBE = "import sys; print(sys.prefix)"  # prepended in memory: which Python the kernel really is
