@@ -48,6 +48,10 @@ from recorder.transport import SendLimiter, backoff_delay, new_session
 log = logging.getLogger("recorder")
 
 
+WATCHDOG_TICK = 0.5  # seconds between the keepalive loop's checks
+STALE = "stale stream"  # how a silence verdict's `error` detail starts (the `coverage` view ends there)
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -65,13 +69,16 @@ class Options:
     snapshot_depth: int = 20
     # Stale-stream watchdog: a connection silent for `silence_factor` times its usual gap between
     # frames (learned from its own rate; at least `min_silence`, at most `silence_timeout`) is asked
-    # with a ping; no answer within `probe_timeout` means dead. A market that merely went quiet
-    # answers the ping, so it is not mistaken for a dead socket.
-    silence_timeout: float = 30.0
-    min_silence: float = 3.0
-    silence_factor: float = 50.0
-    probe_timeout: float = 3.0
+    # with a ping; no answer within `probe_timeout` means dead (`silence_limit`, `dead_within`).
+    # A market that merely went quiet answers the ping, so it is not mistaken for a dead socket.
+    silence_timeout: float = 10.0
+    min_silence: float = 2.0
+    silence_factor: float = 10.0
+    probe_timeout: float = 2.0
     ack_timeout: float = 10.0  # resubscribe topics not acknowledged within this
+    # A refused subscription is retried after this, doubling on each refusal in a row (at most
+    # `ack_timeout`): a refusal is an answer, there is nothing to wait for.
+    refused_retry: float = 1.0
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
     raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
     raw_flush_interval: float = 0.2
@@ -79,6 +86,17 @@ class Options:
     # them the oldest are dropped, counted, and recorded as `error` events.
     max_pending_rows: int = 5_000_000
     max_pending_raw_bytes: int = 256 * 1024 * 1024
+
+    def silence_limit(self, rate: float) -> float:
+        """Seconds without a frame after which a connection usually receiving `rate` frames/s is probed."""
+        usual = self.silence_factor / rate if rate > 0 else self.silence_timeout
+        return min(self.silence_timeout, max(self.min_silence, usual))
+
+    def dead_within(self, rate: float) -> float:
+        """Bound from a hung connection's last frame to its `stale stream` verdict: the probe goes out
+        on the first watchdog tick past `silence_limit`, the verdict on the first tick past
+        `probe_timeout` (with the defaults: 5 s from 5 frames/s up, 13 s for any connection)."""
+        return self.silence_limit(rate) + self.probe_timeout + 2 * WATCHDOG_TICK
 
 
 class Stream:
@@ -179,6 +197,7 @@ class Dispatcher:
         self.depth = depth
         self.rawlog = rawlog
         self.request: Callable[[Stream], None] = lambda s: None
+        self.refused: Callable[[], None] = lambda: None  # an exchange error while topics await their ack
         self._decode, self._decode_errors, self._parse = adapter.decode, adapter.DECODE_ERRORS, adapter.parse
         self.by_topic = {t.name: t for t in topics}
         self.book_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == BOOK}
@@ -289,11 +308,64 @@ class Dispatcher:
                     topic.stream.book.invalidate()
                     self.request(topic.stream)
         else:
-            # Exchange errors carry no topic: unacked topics are resubscribed by the keepalive loop.
-            for topic in targets:
-                if not topic.acked:
-                    topic.stream.event(topic.channel, ERROR, detail, recv)
+            # Exchange errors carry no topic: the connection resubscribes what is still unacked.
+            unacked = [topic for topic in targets if not topic.acked]
+            for topic in unacked:
+                topic.stream.event(topic.channel, ERROR, detail, recv)
+            if unacked:
+                self.refused()
         log.warning("%s", detail)
+
+
+PROBE, DEAD = "probe", "dead"
+
+
+class SilenceWatch:
+    """The stale-stream watchdog's arithmetic (no I/O), one tick every `WATCHDOG_TICK` seconds.
+
+    It learns the connection's usual frame rate and says when a silence calls for a probe (a ping)
+    and when an unanswered probe means a dead socket. The rate is averaged over ~5 s of ticks (a
+    plain mean over the first ones, so there is no warm-up) and frozen at the last tick that saw a
+    frame: the silence itself must never teach the watchdog that the stream is slow, or a hung
+    socket waits ever longer for its verdict. A quiet market answers the probe, and that pong is a
+    frame: the rate learned from then on includes the quiet ticks.
+    """
+
+    def __init__(self, opt: Options, now: float) -> None:
+        self.opt = opt
+        self.rate = 0.0  # frames/s, averaged over ticks
+        self.usual = 0.0  # `rate` as of the last tick that saw a frame
+        self.ticks = 0
+        self.seen = 0
+        self.last_tick = now
+        self.probe_at: float | None = None
+
+    def tick(self, now: float, frames: int, last_frame: float) -> str | None:
+        """PROBE, DEAD or None. `frames` counts the connection's frames, `last_frame` is the
+        monotonic time of the last one."""
+        fresh, self.seen = frames - self.seen, frames
+        self.ticks += 1
+        self.rate += max(0.1, 1 / self.ticks) * (fresh / max(now - self.last_tick, 1e-3) - self.rate)
+        self.last_tick = now
+        if fresh:
+            self.usual = self.rate
+        if now - last_frame <= self.opt.silence_limit(self.usual):
+            self.probe_at = None
+            return None
+        if self.probe_at is None:
+            self.probe_at = now
+            return PROBE
+        return DEAD if now - self.probe_at > self.opt.probe_timeout else None
+
+
+class SocketFault(aiohttp.ClientError):
+    """The websocket layer gave up on the connection; the message says why, in words."""
+
+
+def describe_ws_error(exc: BaseException | None, adapter: ModuleType) -> str:
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+        return f"frame too large (limit {adapter.MAX_FRAME_BYTES:,} bytes): {exc}; socket closed (code 1009)"
+    return f"websocket error: {exc!r}" if exc is not None else "websocket error (no detail from aiohttp)"
 
 
 @dataclass
@@ -305,14 +377,18 @@ class Connection:
     index: int
     ws: aiohttp.ClientWebSocketResponse | None = None
     limiter: SendLimiter = field(init=False)
-    last_recv: float = 0.0
+    last_recv: float = 0.0  # monotonic time of the last frame received
+    last_frame_us: int = 0  # its receive time (the end of validity if the socket hangs)
     reconnects: int = 0
     frames: int = 0
+    refusals: int = 0  # subscription refusals in a row (each doubles the retry delay)
+    retry_pending: bool = False
 
     def __post_init__(self) -> None:
         self.limiter = SendLimiter(*self.collector.adapter.SEND_BUDGET)
         self.topics = self.dispatcher.topics
         self.dispatcher.request = self._request_resync
+        self.dispatcher.refused = self._on_refused
 
     async def send(self, text: str) -> None:
         await self.limiter.acquire()
@@ -341,6 +417,8 @@ class Connection:
                     reason = f"closed by server (code {ws.close_code})"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, SocketFault):
+                    reason = str(exc)
                 attempt += 1
             except Exception as exc:  # a bug must cost a reconnect, never the connection for good
                 log.exception("connection %d: unexpected error", self.index)
@@ -358,7 +436,7 @@ class Connection:
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.frames = 0
-        self.last_recv = time.monotonic()
+        self.last_recv, self.last_frame_us = time.monotonic(), now_us()
         keepalive = asyncio.create_task(self._keepalive(ws))
         try:
             await self._subscribe(self.topics)
@@ -378,14 +456,17 @@ class Connection:
             await self.send(msg)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        on_frame = self.dispatcher.frame
+        on_frame, clock = self.dispatcher.frame, time.monotonic
         BINARY, TEXT = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
         async for msg in ws:
             if msg.type is BINARY or msg.type is TEXT:
                 self.frames += 1
-                on_frame(time.time_ns() // 1000, msg.data)
+                self.last_recv = clock()
+                self.last_frame_us = recv = time.time_ns() // 1000
+                on_frame(recv, msg.data)
             elif msg.type is aiohttp.WSMsgType.ERROR:
-                raise aiohttp.ClientError(f"websocket error: {ws.exception()}")
+                # aiohttp hands the error over as the message's data, not always as ws.exception()
+                raise SocketFault(describe_ws_error(msg.data or ws.exception(), self.collector.adapter))
 
     def _request_resync(self, s: Stream) -> None:
         s.resync_pending_since = time.monotonic()
@@ -396,33 +477,23 @@ class Connection:
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Text pings, the silence watchdog, and retries of unacked subscriptions and resyncs."""
         ad, opt = self.collector.adapter, self.collector.options
-        last_ping = last_tick = time.monotonic()
-        seen = self.frames
-        rate = 0.0  # frames per second, exponentially averaged over ~5 s
-        probe_at: float | None = None
+        last_ping = time.monotonic()
+        watch = SilenceWatch(opt, last_ping)
         while not ws.closed:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(WATCHDOG_TICK)
             now = time.monotonic()
-            rate += 0.1 * ((self.frames - seen) / (now - last_tick) - rate)
-            last_tick = now
-            if self.frames != seen:
-                seen, self.last_recv = self.frames, now
-            limit = min(opt.silence_timeout, max(opt.min_silence, opt.silence_factor / rate if rate > 0 else 1e9))
-            silent = now - self.last_recv
-            if silent > limit and probe_at is None:
-                probe_at = now  # unusually quiet: ask the server whether it is still there
+            verdict = watch.tick(now, self.frames, self.last_recv)
+            if verdict is PROBE:  # unusually quiet: ask the server whether it is still there
                 last_ping = now
                 await self.send(ad.PING)
-            elif silent <= limit:
-                probe_at = None
-            if probe_at is not None and now - probe_at > opt.probe_timeout:
-                detail = f"no data for {silent:.1f} s, no answer to ping (usual rate {rate:.1f}/s): reconnecting"
-                self.dispatcher.event(now_us(), None, ERROR, detail)
-                await ws.close()
+            elif verdict is DEAD:
+                await self._declare_dead(ws, now - self.last_recv, watch.usual)
                 return
             if now - last_ping >= ad.PING_INTERVAL:
                 last_ping = now
                 await self.send(ad.PING)
+            if self.refusals and all(t.acked for t in self.topics):
+                self.refusals = 0
             stale = [t for t in self.topics if not t.acked and now - t.sent_at > opt.ack_timeout]
             if stale:
                 await self._subscribe(stale)
@@ -436,6 +507,41 @@ class Connection:
                         return
                     self._request_resync(s)
 
+    async def _declare_dead(self, ws: aiohttp.ClientWebSocketResponse, silent: float, rate: float) -> None:
+        """The silence verdict, on every stream of the connection. Validity ends at the last frame
+        received, not now: nothing arrived since, so those seconds were never covered. The event is
+        stamped back to that frame (in the raw log too, so a replay writes the same row)."""
+        detail = (
+            f"{STALE}: no data for {silent:.1f} s, no answer to a ping within "
+            f"{self.collector.options.probe_timeout:g} s (usual rate {rate:.1f} frames/s): reconnecting"
+        )
+        self.dispatcher.event(self.last_frame_us, None, ERROR, detail)
+        log.warning("connection %d: %s", self.index, detail)
+        await ws.close()
+
+    def _on_refused(self) -> None:
+        """The exchange refused a subscription: retry soon, backing off while refusals go on.
+
+        A BitMart refusal names no topic, so the retry takes the topics still unacked by then that
+        were sent before the refusal (their acks, if any, come in order and have arrived)."""
+        if self.retry_pending or self.ws is None:
+            return  # one retry per burst of refusals
+        opt = self.collector.options
+        delay = min(opt.ack_timeout, opt.refused_retry * 2**self.refusals)
+        self.refusals += 1
+        self.retry_pending = True
+        self.collector.spawn(self._retry_refused(self.ws, time.monotonic(), delay))
+
+    async def _retry_refused(self, ws: aiohttp.ClientWebSocketResponse, refused_at: float, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self.ws is not ws or ws.closed:
+                return  # reconnected since: everything was subscribed afresh
+            todo = [t for t in self.topics if not t.acked and t.sent_at <= refused_at]
+            if todo:
+                await self._subscribe(todo)
+        finally:
+            self.retry_pending = False
 
 class Collector:
     """Records `symbols` of `exchange` into `options.data_dir` until stopped."""

@@ -14,7 +14,9 @@ HIVE_TYPES = "{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}"
 # When does a stream become valid, and what ends validity. Trades are valid from the subscription
 # ack; a book only from the snapshot that (re)starts it, which the recorder logs as `resync`.
 # An `error` on the trade stream (an undecodable frame may have carried trades) splits the
-# interval at that instant; on the book it invalidates until the next resync.
+# interval at that instant; on the book it invalidates until the next resync. A silence verdict
+# (`stale stream`, stamped at the last frame received; older recordings say `no data for`) ends
+# both: nothing arrived after it.
 COVERAGE_SQL = """
 CREATE OR REPLACE VIEW coverage AS
 WITH base AS (
@@ -24,11 +26,13 @@ WITH base AS (
                       WHEN 'gap' THEN 2 WHEN 'error' THEN 2 WHEN 'disconnect' THEN 4 ELSE 5 END AS ord,
            CASE WHEN (channel = 'trades' AND event = 'subscribed')
                   OR (channel = 'book' AND event = 'resync') THEN 1
-                WHEN event IN ('connect', 'disconnect', 'gap', 'error', 'stop') THEN 0 END AS up
+                WHEN event IN ('connect', 'disconnect', 'gap', 'error', 'stop') THEN 0 END AS up,
+           channel = 'trades' AND event = 'error'
+               AND NOT coalesce(detail LIKE 'stale stream%' OR detail LIKE '%no data for%', false) AS splits
     FROM events
 ),
-state AS (  -- `before`: was the stream valid just before this row (trade errors do not change that)
-    SELECT *, coalesce(last_value(CASE WHEN channel = 'trades' AND event = 'error' THEN NULL ELSE up END
+state AS (  -- `before`: was the stream valid just before this row (splitting errors do not change that)
+    SELECT *, coalesce(last_value(CASE WHEN splits THEN NULL ELSE up END
                                   IGNORE NULLS) OVER (
                   PARTITION BY exchange, symbol, channel ORDER BY ts, ord
                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
@@ -38,7 +42,7 @@ marks AS (
     SELECT exchange, symbol, channel, ts, event, detail, ord, up FROM state
     UNION ALL  -- a trade-stream error splits a valid interval at that instant, nothing more
     SELECT exchange, symbol, channel, ts, 'continue', detail, 3, before
-    FROM state WHERE channel = 'trades' AND event = 'error' AND before = 1
+    FROM state WHERE splits AND before = 1
 ),
 changes AS (
     SELECT *, lead(ts) OVER w AS next_ts, lead(event) OVER w AS next_event, lead(detail) OVER w AS next_detail
@@ -62,7 +66,7 @@ SELECT exchange, symbol, channel,
            WHEN next_event = 'stop' AND next_detail LIKE 'crash%' THEN 'crash'
            WHEN next_event = 'stop' THEN 'process stop'
            WHEN next_detail LIKE 'crossed%' THEN 'crossed book'
-           WHEN next_detail LIKE '%no data for%' THEN 'stale stream'
+           WHEN next_detail LIKE 'stale stream%' OR next_detail LIKE '%no data for%' THEN 'stale stream'
            WHEN next_detail LIKE 'disk:%' THEN 'data dropped (disk)'
            WHEN next_detail LIKE 'out-of-order%' THEN 'out-of-order update'
            ELSE 'error'
