@@ -116,14 +116,19 @@ def sql(
     query: str = typer.Argument(..., help="DuckDB SQL over the views trades, book_updates, ..."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir"),
     fmt: str = typer.Option("table", "--format", help="table|csv|json"),
-    limit: int = typer.Option(1000, "--max-rows", help="rows shown in table format"),
+    limit: int = typer.Option(1000, "--max-rows", help="rows shown in table format (a cut is said on stderr)"),
+    write: bool = typer.Option(
+        False, "--write", help="also allow COPY ... TO / EXPORT DATABASE to a path outside the data dir"
+    ),
 ) -> None:
-    """Run DuckDB SQL over the data dir's views."""
+    """Run DuckDB SQL over the data dir's views (read-only: nothing in the data dir changes)."""
     from recorder.runner import run_sql
 
     if fmt not in ("table", "csv", "json"):
         fail("--format must be table, csv or json")
-    _guard(lambda: run_sql(query, data_dir, fmt, limit))
+    if limit < 1:
+        fail("--max-rows must be 1 or more")
+    _guard(lambda: run_sql(query, data_dir, fmt, limit, write=write))
 
 
 @app.command()
@@ -174,16 +179,20 @@ def status(
     """Today's coverage (share of time with continuous valid data) and volume per stream."""
     from rich.table import Table
 
-    from recorder.status import disk_usage, stream_status
+    from recorder.status import disk_usage, status_report
 
     def go() -> None:
-        cols, rows = stream_status(data_dir, date)
+        cols, rows, skipped = status_report(data_dir, date)
         t = Table(*cols, title=f"recorder status · {data_dir} · {date or 'today (UTC)'}")
         for r in rows:
             t.add_row(*("" if v is None else str(v) for v in r))
         Console().print(t)
         usage = ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk_usage(data_dir).items())
         Console().print(f"on disk: {usage or 'nothing yet'}")
+        if skipped:  # plain lines: a path must stay one greppable line however narrow the terminal
+            print(f"left out of every query ({len(skipped)} damaged files or stray directories):")
+            for s in skipped:
+                print(f"  {s.table}: {s.path}: {s.reason}")
 
     _guard(go)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from recorder.lake import Skipped, TableFiles, check_data_dir, partition_files, scan_table
 from recorder.model import SCHEMAS
 
 HIVE_TYPES = "{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}"
@@ -127,24 +128,54 @@ def table_glob(data_dir: str | Path, table: str) -> str:
     return str(Path(data_dir) / table / "*" / "*" / "*" / "*.parquet")
 
 
-def create_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
+def _sql_str(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _table_select(data_dir: Path, table: str, found: TableFiles) -> str:
+    """The view's query: the model's columns (so a stray extra column changes nothing) over the
+    glob when every file checked out, else over the list of the files that did."""
+    if not found.files:
+        return _empty_select(table)
+    if found.skipped:
+        source = "[" + ", ".join(_sql_str(p) for p in found.files) + "]"
+    else:  # a glob keeps a long-lived connection right while compaction replaces files
+        source = _sql_str(table_glob(data_dir, table))
+    # every file has the model's columns and types (lake.schema_problem), so DuckDB can take the
+    # schema from one file instead of merging all footers (union_by_name), which halves bind time
+    cols = ", ".join(f'"{f.name}"' for f in SCHEMAS[table])
+    return (
+        f"SELECT {cols}, exchange, symbol, date FROM read_parquet({source}, hive_partitioning = true, "
+        f"hive_types = {HIVE_TYPES}, hive_types_autocast = false)"
+    )
+
+
+def create_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path, warn: bool = True) -> list[Skipped]:
+    """One view per table over the files that checked out; returns what was skipped (with `warn`,
+    each one is also logged as a warning naming the path)."""
+    root = check_data_dir(data_dir)
+    skipped: list[Skipped] = []
     for table in SCHEMAS:
-        has_files = any((Path(data_dir) / table).glob("*/*/*/*.parquet"))
-        if has_files:
-            src = (
-                f"SELECT * FROM read_parquet('{table_glob(data_dir, table)}', hive_partitioning = true, "
-                f"hive_types = {HIVE_TYPES}, union_by_name = true)"
-            )
-        else:
-            src = _empty_select(table)
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS {src}")
+        found = scan_table(root, table) if warn else partition_files(root, table)
+        skipped += found.skipped
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {_table_select(root, table, found)}")
     con.execute(COVERAGE_SQL)
     con.execute(COMPLETENESS_SQL)
+    return skipped
+
+
+def open_views(data_dir: str | Path = "data", warn: bool = True) -> tuple[duckdb.DuckDBPyConnection, list[Skipped]]:
+    """`connect`, plus the files and directories that were skipped."""
+    root = check_data_dir(data_dir)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con, create_views(con, root, warn)
 
 
 def connect(data_dir: str | Path = "data") -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table over `data_dir` (UTC session)."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    create_views(con, data_dir)
-    return con
+    """An in-memory DuckDB connection with one view per table over `data_dir` (UTC session).
+
+    A missing data dir (or a path that is a file) is an error, not an empty recording. Damaged
+    files and stray directories are left out of their table, each with a logged warning.
+    """
+    return open_views(data_dir)[0]

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -17,7 +16,7 @@ from rich.table import Table
 from recorder import exchanges
 from recorder.collector import Collector, Options, check_writable
 from recorder.errors import RecorderError
-from recorder.query import connect
+from recorder.query import open_views
 from recorder.recovery import recover_data_dir
 
 SIMULATORS = {"bitmart": "recorder.sim.bitmart:BitmartSpotSim"}
@@ -195,35 +194,48 @@ def outward_address() -> str | None:
     return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
-def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int) -> None:
-    con = connect(data_dir)
-    try:
-        rel = con.sql(query)
-    except duckdb.Error as exc:
-        raise RecorderError(str(exc).splitlines()[0]) from None
-    if rel is None:
-        return
-    try:
-        if fmt == "csv":
-            rel.to_df().to_csv(sys.stdout, index=False)
-        elif fmt == "json":
-            df = rel.to_df()
-            sys.stdout.write(
-                orjson.dumps(df.to_dict(orient="records"), default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-                + "\n"
-            )
-        else:
-            _print_table(rel, max_rows)
-    except duckdb.Error as exc:
-        raise RecorderError(str(exc).splitlines()[0]) from None
+def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int, write: bool = False) -> None:
+    """Run SQL over the data dir's views, read-only (see `recorder.sqlguard`); exact output."""
+    import os
+    import tempfile
+
+    from recorder import output
+    from recorder.lake import check_data_dir
+    from recorder.sqlguard import lock_down, vet
+
+    data_dir = Path(os.path.abspath(check_data_dir(data_dir)))  # views and allowed paths agree
+    targets = vet(query, data_dir, write)  # refused statements never reach DuckDB
+    with tempfile.TemporaryDirectory(prefix="recorder-sql-") as spill:
+        con, _ = open_views(data_dir)
+        try:
+            lock_down(con, data_dir, targets, Path(spill))
+            rel = con.sql(query)
+            if rel is None:
+                return
+            if fmt == "csv":
+                output.write_csv(con, rel, sys.stdout)
+            elif fmt == "json":
+                output.write_json(con, rel, sys.stdout)
+            else:
+                _print_table(con, rel, max_rows)
+        except duckdb.Error as exc:
+            raise RecorderError(str(exc).splitlines()[0]) from None
+        finally:
+            con.close()
 
 
-def _print_table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> None:
-    cols = rel.columns
-    rows = rel.limit(max_rows).fetchall()
+def _print_table(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, max_rows: int) -> None:
+    from recorder import output
+
+    cols, rows, cut = output.table_rows(con, rel, max_rows)
     t = Table(*cols, show_lines=False)
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    console = Console()
+        t.add_row(*r)
     with contextlib.suppress(BrokenPipeError):
-        console.print(t)
+        Console().print(t)
+    if cut:  # never drop rows silently
+        Console(stderr=True).print(
+            f"showing the first {max_rows:,} rows; more were cut (raise --max-rows, or use --format csv/json)",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from recorder.query import connect
+from recorder.lake import Skipped
+from recorder.query import open_views
 
 STATUS_SQL = """
 WITH day AS (SELECT CAST(? AS TIMESTAMPTZ) AS d0, CAST(? AS TIMESTAMPTZ) + INTERVAL 1 day AS d1),
@@ -48,11 +49,20 @@ ORDER BY ALL
 
 def stream_status(data_dir: str | Path, date: str | None = None) -> tuple[list[str], list[tuple]]:
     """Column names and one row per (exchange, symbol, channel) recorded on `date` (UTC, default today)."""
+    cols, rows, _ = status_report(data_dir, date)
+    return cols, rows
+
+
+def status_report(data_dir: str | Path, date: str | None = None) -> tuple[list[str], list[tuple], list[Skipped]]:
+    """`stream_status`, plus the damaged files and stray directories the views left out."""
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
-    con = connect(data_dir)
-    rel = con.execute(STATUS_SQL, [day, day, day, day])
-    cols = [d[0] for d in rel.description]
-    return cols, rel.fetchall()
+    con, skipped = open_views(data_dir, warn=False)  # the caller lists them
+    try:
+        rel = con.execute(STATUS_SQL, [day, day, day, day])
+        cols = [d[0] for d in rel.description]
+        return cols, rel.fetchall(), skipped
+    finally:
+        con.close()
 
 
 def disk_usage(data_dir: str | Path) -> dict[str, int]:

@@ -87,6 +87,7 @@ def test_unwritable_data_dir(tmp_path):
 
 
 def test_bad_sql_is_one_line(tmp_path):
+    (tmp_path / "data").mkdir()  # a missing data dir is an error of its own (tests/test_query.py)
     assert_one_line_error(run("sql", "select * from nope", cwd=tmp_path), "nope")
 
 

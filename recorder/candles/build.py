@@ -80,6 +80,7 @@ from recorder.candles.state import (
     state_lock,
 )
 from recorder.errors import RecorderError
+from recorder.lake import scan_table
 from recorder.model import SCHEMAS, TRADES
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import DAY_US, recover, replace_partition_files
@@ -229,8 +230,8 @@ class StreamBuild:
 
     def load_coverage(self) -> Coverage:
         """Coverage rows are re-derived only when the stream's event files changed."""
-        directory = self.root / "events" / f"exchange={self.stream.exchange}" / f"symbol={self.stream.symbol}"
-        files = [p for d in sorted(directory.glob("date=*")) for p in parquet_files(d)]
+        # the files the `events` view reads: damaged ones are skipped with a warning
+        files = scan_table(self.root, "events", self.stream.exchange, self.stream.symbol).files
         sigs = [[f"{p.parent.name}/{s[0]}", s[1], s[2]] for p in files for s in [file_sig(p)]]
         cached = self.state["coverage"]
         self.coverage_changed = cached is None or cached["events"] != sigs

@@ -15,6 +15,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from recorder.candles.intervals import Span, to_us
+from recorder.lake import scan_table
 from recorder.model import TRADES
 
 STATE_DIR = ".state"
@@ -87,17 +88,12 @@ def _hive_value(path: Path, key: str) -> str | None:
 def discover(root: Path, manifest: Manifest, exchange: str | None, symbol: str | None) -> list[Stream]:
     """Streams with trades on disk, plus streams the manifest knows (their candles may need removal)."""
     found: dict[str, Stream] = {}
-    for ex_dir in sorted((root / TRADES).glob("exchange=*")):
-        for sym_dir in sorted(ex_dir.glob("symbol=*")):
-            ex, sym = _hive_value(ex_dir, "exchange"), _hive_value(sym_dir, "symbol")
-            if (exchange and ex != exchange) or (symbol and sym != symbol) or not ex or not sym:
-                continue
-            dates = {}
-            for date_dir in sorted(sym_dir.glob("date=*")):
-                files = parquet_files(date_dir)
-                if files:
-                    dates[_hive_value(date_dir, "date")] = [file_sig(p) for p in files]
-            found[f"{ex}/{sym}"] = Stream(ex, sym, dates)
+    # the files the `trades` view reads: damaged files and stray dirs are skipped with a warning
+    for path in scan_table(root, TRADES, exchange, symbol).files:
+        ex, sym = _hive_value(path.parents[2], "exchange"), _hive_value(path.parents[1], "symbol")
+        day = _hive_value(path.parent, "date")
+        stream = found.setdefault(f"{ex}/{sym}", Stream(str(ex), str(sym), {}))
+        stream.trades.setdefault(str(day), []).append(file_sig(path))
     for key in list(manifest.streams):
         ex, sym = key.split("/", 1)
         if key not in found and not (exchange and ex != exchange) and not (symbol and sym != symbol):

@@ -1,0 +1,216 @@
+"""What a data dir holds that readers can trust: partition directories and readable Parquet files.
+
+One damaged file must not break every query. Readers (the DuckDB views, `recorder status`, the
+candle builder) list a table's files here: a partition directory whose name does not parse
+(`date=notadate`, a directory without `key=value`) and a file that is not readable Parquet with the
+table's columns (truncated, a wrong type such as `price` as a string) are skipped and reported,
+never merged. Checking a file reads its footer (~0.1 ms); the verdict is remembered per process by
+(path, size, mtime), so a long-lived process pays for each file once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recorder.errors import RecorderError
+from recorder.model import SCHEMAS
+
+log = logging.getLogger("recorder.lake")
+
+PARTITION_KEYS = ("exchange", "symbol", "date")
+_VERDICTS: dict[tuple[str, str, int, int], str | None] = {}  # (table, path, size, mtime_ns) -> problem
+_PARALLEL_FROM = 64  # footers to read before a thread pool pays for itself
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file or directory a reader left out, and why."""
+
+    table: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.path}: {self.reason}"
+
+
+@dataclass
+class TableFiles:
+    """A table's usable files (sorted by path) and what was skipped."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    """The data dir as a Path; a clear error if it is missing or not a directory (a mistyped path
+    must not look like an empty recording)."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise RecorderError(f"no data dir at {root} (it does not exist)")
+    if not root.is_dir():
+        raise RecorderError(f"data dir {root} is not a directory")
+    return root
+
+
+def partition_problem(key: str, name: str) -> str | None:
+    """Why a directory name is not a valid `key=value` partition of that level (None if it is)."""
+    prefix = f"{key}="
+    if not name.startswith(prefix) or len(name) == len(prefix):
+        return f"not a partition directory (expected {key}=...)"
+    if key == "date":
+        value = name[len(prefix) :]
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            return f"partition date {value!r} is not a date (YYYY-MM-DD)"
+        if len(value) != 10:
+            return f"partition date {value!r} is not a date (YYYY-MM-DD)"
+    return None
+
+
+def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
+    """Type equality up to dictionary encoding, nullability and list item names."""
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    if pa.types.is_list(want):
+        return (pa.types.is_list(got) or pa.types.is_large_list(got)) and _same_type(
+            got.value_type, want.value_type
+        )
+    if pa.types.is_struct(want):
+        if not pa.types.is_struct(got) or got.num_fields != want.num_fields:
+            return False
+        return all(
+            got.field(i).name == want.field(i).name and _same_type(got.field(i).type, want.field(i).type)
+            for i in range(want.num_fields)
+        )
+    return got.equals(want)
+
+
+def schema_problem(schema: pa.Schema, table: str) -> str | None:
+    """Why a file's schema cannot be part of `table` (None if it can): every column of the model
+    with the model's type, and no partition key inside the file."""
+    for f in SCHEMAS[table]:
+        i = schema.get_field_index(f.name)
+        if i < 0:
+            return f"wrong schema: no column {f.name!r}"
+        got = schema.field(i).type
+        if not _same_type(got, f.type):
+            return f"wrong schema: column {f.name!r} is {got}, expected {f.type}"
+    inside = [k for k in PARTITION_KEYS if schema.get_field_index(k) >= 0]
+    if inside:
+        return f"wrong schema: partition column {inside[0]!r} inside the file"
+    return None
+
+
+def _file_problem(table: str, path: str) -> str | None:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:  # truncated, not Parquet, unreadable
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"not readable Parquet ({first})"
+    return schema_problem(schema, table)
+
+
+def check_files(table: str, paths: list[str]) -> dict[str, str | None]:
+    """The problem with each file (None: usable), reading only footers not seen before."""
+    out: dict[str, str | None] = {}
+    todo: list[tuple[str, tuple[str, str, int, int]]] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            out[p] = f"cannot stat ({exc.strerror})"
+            continue
+        key = (table, p, st.st_size, st.st_mtime_ns)
+        if key in _VERDICTS:
+            out[p] = _VERDICTS[key]
+        else:
+            todo.append((p, key))
+    if len(todo) >= _PARALLEL_FROM:  # pyarrow releases the GIL while it reads
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            verdicts = list(pool.map(lambda item: _file_problem(table, item[0]), todo))
+    else:
+        verdicts = [_file_problem(table, p) for p, _ in todo]
+    for (p, key), verdict in zip(todo, verdicts, strict=True):
+        _VERDICTS[key] = verdict
+        out[p] = verdict
+    return out
+
+
+def _subdirs(path: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as it:
+            return sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _parquet_entries(path: str) -> list[os.DirEntry]:
+    # DuckDB's `*.parquet` glob matches dot-names too; the sink's temporary names end in `.tmp`
+    try:
+        with os.scandir(path) as it:
+            return sorted((e for e in it if e.name.endswith(".parquet")), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _holds_parquet(path: str, depth: int) -> bool:
+    """Would the views' `*/*/*/*.parquet` glob find a file `depth` levels below `path`?"""
+    if depth == 0:
+        return bool(_parquet_entries(path))
+    return any(_holds_parquet(d.path, depth - 1) for d in _subdirs(path))
+
+
+def partition_files(
+    root: Path, table: str, exchange: str | None = None, symbol: str | None = None
+) -> TableFiles:
+    """Every Parquet file of `table` under valid partition directories (optionally one exchange /
+    symbol), with skipped directories and files; nothing is logged here (see `scan_table`)."""
+    out = TableFiles()
+    candidates: list[str] = []
+    wanted = (exchange, symbol, None)
+
+    def walk(path: str, level: int) -> None:
+        for d in _subdirs(path):
+            problem = partition_problem(PARTITION_KEYS[level], d.name)
+            if problem is not None:
+                # an empty dot-dir (the candle builder's `.state`) is none of the readers' business
+                if not d.name.startswith(".") or _holds_parquet(d.path, 2 - level):
+                    out.skipped.append(Skipped(table, d.path, problem))
+                continue
+            if wanted[level] is not None and d.name != f"{PARTITION_KEYS[level]}={wanted[level]}":
+                continue
+            if level < 2:
+                walk(d.path, level + 1)
+                continue
+            for e in _parquet_entries(d.path):
+                if e.is_file():
+                    candidates.append(e.path)
+                else:
+                    out.skipped.append(Skipped(table, e.path, "not a regular file"))
+
+    walk(str(root / table), 0)
+    for p, problem in check_files(table, candidates).items():
+        if problem is None:
+            out.files.append(Path(p))
+        else:
+            out.skipped.append(Skipped(table, p, problem))
+    out.files.sort()
+    return out
+
+
+def scan_table(root: Path, table: str, exchange: str | None = None, symbol: str | None = None) -> TableFiles:
+    """`partition_files`, with one warning per skipped file or directory (it names the path)."""
+    found = partition_files(root, table, exchange, symbol)
+    for s in found.skipped:
+        log.warning("%s: %s", table, s)
+    return found
