@@ -77,6 +77,7 @@ from recorder.candles.state import (
     duckdb_session,
     file_sig,
     parquet_files,
+    repacked,
     state_lock,
 )
 from recorder.errors import RecorderError
@@ -188,6 +189,7 @@ class StreamBuild:
         self.con, self.agg = con, Aggregator(con)
         self.state = manifest.stream(stream.key)
         self.coverage_changed = False
+        self.relabelled = False  # dates whose trade files were only re-packed by compaction
         self.facts: dict[str, list] = {}  # "date/name" -> [size, mtime_ns, rows, min_ts, max_ts, max_recv]
         self.coverage = self.load_coverage()
         self.fill_days = self.coverage.fill_days() if fill else set()
@@ -208,7 +210,7 @@ class StreamBuild:
             self.publish(outputs)
         present = {f"{day}/{s[0]}" for day, sigs in self.stream.trades.items() for s in sigs}
         facts = {k: v for k, v in {**self.state["files"], **self.facts}.items() if k in present}
-        if facts != self.state["files"] or self.coverage_changed:  # remember footers and coverage
+        if facts != self.state["files"] or self.coverage_changed or self.relabelled:  # footers, coverage
             self.state["files"] = facts
             self.manifest.save()
 
@@ -272,6 +274,11 @@ class StreamBuild:
             return DatePlan(day, "full", intervals, present)
         old = {tuple(s) for s in entry["trades"]}
         new = set(trades)
+        if old != new and repacked(old, trades, self.trade_paths(day)):
+            # `recorder compact` merged files this date was built from, and nothing else: same rows
+            entry["trades"] = [list(s) for s in trades]
+            self.relabelled = True
+            old = new
         if old == new:
             return DatePlan(day, "keep", intervals, present)
         # an extended date's 4h/1d are rolled up from a stored fine interval other than 1s

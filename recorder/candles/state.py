@@ -12,11 +12,13 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recorder.candles.intervals import Span, to_us
 from recorder.lake import scan_table
 from recorder.model import TRADES
+from recorder.storage.compact import Lineage, read_lineage
 
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
@@ -147,6 +149,36 @@ class Manifest:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_bytes(orjson.dumps({"version": BUILDER_VERSION, "streams": streams}))
         os.replace(tmp, self.path)
+
+
+def repacked(built: set[Sig], sigs: list[Sig], paths: list[Path]) -> bool:
+    """Whether the trade files `sigs` (at `paths`) hold exactly the files `built`, some merged by
+    `recorder compact`: a merged file's footer names its inputs (nested when an input was itself
+    merged), so only footers of files not in `built` are read. A built file that is still there
+    beside a merged copy of it (a compaction caught between publish and delete) is not a re-pack."""
+    covered: list[Sig] = []
+    for sig, path in zip(sigs, paths, strict=True):
+        if sig in built:
+            covered.append(sig)
+            continue
+        try:
+            lineage = read_lineage(path)
+        except (OSError, pa.ArrowException):
+            return False
+        if not lineage or not _expand(lineage, built, covered):
+            return False
+    return len(covered) == len(built) and set(covered) == built
+
+
+def _expand(lineage: Lineage, built: set[Sig], covered: list[Sig]) -> bool:
+    """Add the built files a merged file came from to `covered`; False if it holds any other."""
+    for name, size, mtime_ns, inner in lineage:
+        sig = (name, size, mtime_ns)
+        if sig in built:
+            covered.append(sig)
+        elif not inner or not _expand(inner, built, covered):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,12 @@ Rows are never lost: the merged file is published before the inputs are removed,
 sink's crash-safe replacement (a marker file lets `recover()` finish or roll back). Book tables keep
 arrival order (replay depends on it); other tables are sorted by exchange time, ties in arrival
 order.
+
+A merged file names its inputs in its footer (`recorder.compacted_from`: name, size and mtime of
+each, nested when an input was itself merged), so that `candles build`, whose manifest remembers
+the trade files it built from, sees that compaction only re-packed rows it has already built and
+rebuilds nothing. `candles` is the candle builder's own table (its files are grouped per date for
+cheap appends): compaction leaves it alone.
 """
 
 from __future__ import annotations
@@ -12,15 +18,20 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recorder.errors import RecorderError
 from recorder.model import SCHEMAS
 from recorder.storage.checkpoint import merge_sources, read_sources, run_is_alive, sources_metadata
 from recorder.storage.sink import recover, replace_partition_files
 
 ARRIVAL_ORDER = {"book_updates", "book_snapshots", "events"}
+DERIVED = {"candles"}  # managed by the candle builder, never compacted
+LINEAGE_KEY = "recorder.compacted_from"
+Lineage = list[list]  # [[name, size, mtime_ns, Lineage | None], ...]: a merged file's inputs
 
 
 @dataclass
@@ -46,13 +57,26 @@ def compact_partition(directory: Path, table: str) -> tuple[int, int]:
     files = sorted(directory.glob("*.parquet"))
     if len(files) <= 1:
         return 0, 0
+    inputs = [[f.name, *_stat(f), read_lineage(f)] for f in files]  # before reading: as listed
     parts = [pq.read_table(f, schema=SCHEMAS[table]) for f in files]
     merged = sort_for_storage(table, pa.concat_tables(parts))
+    meta = {LINEAGE_KEY: orjson.dumps(inputs).decode()}
     sources = merge_sources([read_sources(f) for f in files])
     if sources:  # keep crash recovery's knowledge of what these rows already cover
-        merged = merged.replace_schema_metadata(sources_metadata(sources))
-    replace_partition_files(directory, merged, files)
+        meta.update(sources_metadata(sources))
+    replace_partition_files(directory, merged.replace_schema_metadata(meta), files)
     return len(files), merged.num_rows
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def read_lineage(path: Path) -> Lineage | None:
+    """The inputs a merged file was compacted from (None for a file written by a recorder)."""
+    raw = (pq.read_metadata(path).metadata or {}).get(LINEAGE_KEY.encode())
+    return orjson.loads(raw) if raw else None
 
 
 def compact_data_dir(
@@ -65,7 +89,11 @@ def compact_data_dir(
     recover(root, alive=lambda run: run_is_alive(root, run))
     today = dt.datetime.now(dt.UTC).date().isoformat()
     res = CompactResult()
-    for table in tables or list(SCHEMAS):
+    unknown = [t for t in tables or [] if t not in SCHEMAS or t in DERIVED]
+    if unknown:
+        choices = ", ".join(t for t in SCHEMAS if t not in DERIVED)
+        raise RecorderError(f"cannot compact table(s) {', '.join(unknown)}; choose from {choices}")
+    for table in tables or [t for t in SCHEMAS if t not in DERIVED]:
         for part in sorted((root / table).glob("exchange=*/symbol=*/date=*")):
             d = part.name.removeprefix("date=")
             if (date and d != date) or (d >= today and not include_today and not date):

@@ -415,3 +415,40 @@ def test_appends_rewrite_only_touched_groups_and_survive_an_interrupted_replacem
     for interval, width in INTERVALS.items():
         assert_same(built(con, interval), reference(trades + extras + extra, width))
     assert build_candles(data_dir).actions == []
+
+
+# ---- issue 7 (9): compaction and candles do not undo each other ---------------------------------
+
+
+def all_candles(con) -> pd.DataFrame:  # noqa: ANN001
+    return con.execute("SELECT * EXCLUDE (recv_ts) FROM candles ORDER BY interval, open_time").df()
+
+
+def test_compaction_rebuilds_no_candles_and_leaves_candle_files_alone(two_days):
+    """build, compact, build: the second build redoes nothing; a later append stays an append."""
+    from recorder.storage.compact import compact_data_dir
+
+    data_dir, trades = two_days
+    build_candles(data_dir)
+    before = all_candles(recorder.connect(data_dir))
+    files = {day: candle_files(data_dir, day) for day in ("2024-06-01", "2024-06-02")}
+    assert all(len(f) > 1 for f in files.values())  # grouped files a compaction would have merged
+
+    res = compact_data_dir(data_dir)
+    assert res.files_in == 4 and res.files_out == 2  # the two trade partitions, nothing else
+    for day in files:
+        assert len(list(partition_dir(data_dir, "trades", EX, SYM, day).glob("*.parquet"))) == 1
+        assert candle_files(data_dir, day) == files[day]
+
+    again = build_candles(data_dir)
+    assert again.actions == [] and again.skipped == 2  # compaction only re-packed built rows
+    assert again.rows == 0
+    pd.testing.assert_frame_equal(all_candles(recorder.connect(data_dir)), before)
+
+    late = [(T0 + DAY + 20 * HOUR + 5 * SEC, T0 + DAY + 20 * HOUR + 6 * SEC, None, "buy", 99.0, 1.0)]
+    write_trades(data_dir, late)
+    third = build_candles(data_dir)
+    assert [a[2:] for a in third.actions] == [("2024-06-02", "append")]
+    con = recorder.connect(data_dir)
+    for interval in ("1m", "1d"):
+        assert_same(built(con, interval), reference(trades + late, INTERVALS[interval]))
