@@ -48,7 +48,7 @@ from recorder.transport import SendLimiter, backoff_delay, new_session
 log = logging.getLogger("recorder")
 
 
-WATCHDOG_TICK = 0.5  # seconds between the keepalive loop's checks
+WATCHDOG_TICK = 0.25  # seconds between the keepalive loop's checks
 STALE = "stale stream"  # how a silence verdict's `error` detail starts (the `coverage` view ends there)
 
 
@@ -95,7 +95,7 @@ class Options:
     def dead_within(self, rate: float) -> float:
         """Bound from a hung connection's last frame to its `stale stream` verdict: the probe goes out
         on the first watchdog tick past `silence_limit`, the verdict on the first tick past
-        `probe_timeout` (with the defaults: 5 s from 5 frames/s up, 13 s for any connection)."""
+        `probe_timeout` (with the defaults: 4.5 s from 5 frames/s up, 12.5 s for any connection)."""
         return self.silence_limit(rate) + self.probe_timeout + 2 * WATCHDOG_TICK
 
 
@@ -383,6 +383,7 @@ class Connection:
     frames: int = 0
     refusals: int = 0  # subscription refusals in a row (each doubles the retry delay)
     retry_pending: bool = False
+    closed_why: str = ""  # set when we close the socket ourselves (the `disconnect` detail)
 
     def __post_init__(self) -> None:
         self.limiter = SendLimiter(*self.collector.adapter.SEND_BUDGET)
@@ -414,7 +415,7 @@ class Connection:
                     d.event(now_us(), None, CONNECT, c.ws_url)
                     await self._session(ws)
                     attempt = 0 if self.frames else attempt + 1
-                    reason = f"closed by server (code {ws.close_code})"
+                    reason = self.closed_why or f"closed by server (code {ws.close_code})"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if isinstance(exc, SocketFault):
@@ -435,7 +436,7 @@ class Connection:
                 await asyncio.wait_for(c.stopping.wait(), backoff_delay(attempt))
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.frames = 0
+        self.frames, self.closed_why = 0, ""
         self.last_recv, self.last_frame_us = time.monotonic(), now_us()
         keepalive = asyncio.create_task(self._keepalive(ws))
         try:
@@ -503,6 +504,7 @@ class Connection:
                 if t.channel == BOOK and pending and now - pending > opt.resync_timeout:
                     if s.resync_tries >= 3:
                         self.dispatcher.event(now_us(), BOOK, ERROR, "no snapshot after 3 requests")
+                        self.closed_why = "closed by us: no snapshot after 3 requests"
                         await ws.close()
                         return
                     self._request_resync(s)
@@ -517,6 +519,7 @@ class Connection:
         )
         self.dispatcher.event(self.last_frame_us, None, ERROR, detail)
         log.warning("connection %d: %s", self.index, detail)
+        self.closed_why = f"closed by us: {STALE} (no data for {silent:.1f} s)"
         await ws.close()
 
     def _on_refused(self) -> None:

@@ -90,6 +90,8 @@ async def test_hung_socket_is_not_coverage(tmp_path, sim):
         "select symbol, channel, epoch_us(end_ts) from coverage where end_cause = 'stale stream' order by all"
     ).fetchall()
     assert ends == sorted((u, ch, last_frame) for u in SYMBOLS for ch in ("book", "trades"))
+    (why,) = con.execute("select distinct detail from events where event = 'disconnect'").fetchall()
+    assert why[0].startswith("closed by us: stale stream"), why
 
     # No trade the server made but never delivered lies inside a valid trades interval.
     spans = con.execute(
