@@ -154,7 +154,10 @@ def replay(
     raw: list[Path] = typer.Argument(..., help="raw log files or directories (e.g. data/raw)"),
     data_dir: Path = typer.Option(..., "--data-dir", help="where the re-derived tables go"),
 ) -> None:
-    """Re-derive every table from raw logs, through the same code path as live recording."""
+    """Re-derive every table from raw logs, through the same code path as live recording.
+
+    Idempotent: rows the data dir already holds from these logs (a recording's own dir, an earlier
+    replay) are not written again; logs of a run still recording into the data dir are skipped."""
     from rich.progress import Progress
 
     from recorder.replay import replay as replay_logs
@@ -166,7 +169,13 @@ def replay(
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("replaying", total=None)
             res = replay_logs(raw, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total))
-        err.print(f"replayed {res.files} raw log file(s), {res.records:,} records -> {res.rows:,} rows in {data_dir}")
+        for why in res.skipped:
+            err.print(f"skipped {why}", highlight=False)
+        err.print(
+            f"replayed {res.files} raw log file(s), {res.records:,} records -> {res.rows:,} new rows in {data_dir} "
+            "(rows already there are not written again)",
+            highlight=False,
+        )
 
     _guard(go)
 

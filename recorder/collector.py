@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
-from recorder.storage.checkpoint import RunLock, lock_stream, run_is_alive, sources_metadata
+from recorder.storage.checkpoint import RunLock, lock_stream, release, run_is_alive, sources_metadata
 from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.symbols import fetch_markets, resolve
@@ -171,6 +170,19 @@ class Stream:
         if self.recent_trades:
             self.replay_guard = Counter(self.recent_trades)
             self.replay_guard_until = max(k[0] for k in self.recent_trades)
+
+
+@dataclass
+class Unwritten:
+    """What a stop left unwritten: `rows` buffered, of which `lost_rows` (`lost_trades` trades) are
+    in no raw log either, because raw capture was off or the raw log lacks its last records."""
+
+    rows: int = 0
+    raw: bool = True
+    lost_rows: int = 0
+    lost_trades: int = 0
+    raw_records_lost: int = 0
+    lost_since: int | None = None  # receive time (µs) from which the raw log is incomplete
 
 
 @dataclass
@@ -568,7 +580,7 @@ class Collector:
         self.dropped_raw_bytes = 0
         self.lock: RunLock | None = None
         self._inflight: asyncio.Future | None = None
-        self._stream_locks: list[int] = []  # held for the process lifetime
+        self._stream_locks: list[tuple[Path, int]] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
 
     def spawn(self, coro) -> None:
@@ -593,10 +605,14 @@ class Collector:
             markets = await fetch_markets(self.session, self.adapter, self.rest_url)
             mapping = resolve(self.requested, markets, self.exchange)
             if data_dir is not None:
-                self._stream_locks = [lock_stream(data_dir, self.exchange, user) for user in mapping]
+                for user in mapping:  # one by one: a refused lock must not leak those already held
+                    self._stream_locks.append(lock_stream(data_dir, self.exchange, user))
             await self._probe_websocket()
         except BaseException:
             self._release_stream_locks()
+            if self.lock is not None:  # nothing was recorded: leave no lock file behind
+                self.lock.abandon()
+                self.lock = None
             await self.session.close()
             raise
         stale_is_gap = getattr(self.adapter, "STALE_IS_GAP", False)
@@ -680,8 +696,8 @@ class Collector:
         self.stopping.set()
 
     def _release_stream_locks(self) -> None:
-        for fd in self._stream_locks:
-            os.close(fd)
+        for path, fd in self._stream_locks:
+            release(path, fd)  # deleted while held: a stopped recorder leaves no lock file
         self._stream_locks = []
 
     @property
@@ -762,6 +778,28 @@ class Collector:
         if written is None:
             self._shed_rows()
         return written
+
+    def unwritten(self) -> Unwritten:
+        """After `run()`: the rows still buffered, and how many of them the raw log cannot bring back.
+
+        A raw log that could not be completed (disk full at stop) lacks every record from its oldest
+        unwritten one on; rows received from then on (`recv_ts`, column 1 of every table) are lost.
+        """
+        res = Unwritten(rows=self.sink.pending_rows(), raw=self.options.raw)
+        for conn in self.connections:
+            raw = conn.dispatcher.rawlog
+            since = raw.buffered_since if raw is not None and raw.buffered_records else None
+            if raw is not None and since is None:
+                continue
+            res.raw_records_lost += raw.buffered_records if raw is not None else 0
+            if since is not None:
+                res.lost_since = since if res.lost_since is None else min(res.lost_since, since)
+            for stream in {t.stream for t in conn.topics}:
+                for rows in (stream.trades, stream.book.rows, stream.snapshots, stream.events):
+                    n = sum(1 for r in rows if since is None or r[1] >= since)
+                    res.lost_rows += n
+                    res.lost_trades += n if rows is stream.trades else 0
+        return res
 
     def _shed_rows(self) -> None:
         """Past the memory cap, drop the oldest buffered rows of the biggest streams (counted, logged)."""

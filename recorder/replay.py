@@ -5,14 +5,21 @@ their original times, and the same `Dispatcher` the live recorder uses turns the
 replay of a recording yields the same rows, and a fixed parser can re-derive history. A log that
 ends without the recorder's clean `stop` gets a `stop` event "crash" at its last record, the same
 row crash recovery writes.
+
+Exactly once: every Parquet file records in its footer how far into which connection's raw log its
+rows go (`recorder.sources`), live files and re-derived ones alike. A replay keeps, per (table,
+symbol, date), only the rows past the position already published in the target data dir, so
+replaying into a dir that holds these rows already (the recording's own, or an earlier replay)
+adds nothing twice. Crash recovery is this same re-derivation for the runs that died.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -20,8 +27,20 @@ import orjson
 from recorder import exchanges
 from recorder.collector import Dispatcher, Stream, Topic
 from recorder.model import STOP
-from recorder.storage.rawlog import BADFRAME, EVENT, FRAME, HEADER, SUFFIX, TICK, list_logs, read_records
-from recorder.storage.sink import ParquetSink
+from recorder.storage.checkpoint import lock_held, read_sources, sources_metadata
+from recorder.storage.layout import partition_dir
+from recorder.storage.rawlog import (
+    BADFRAME,
+    EVENT,
+    FRAME,
+    HEADER,
+    SUFFIX,
+    TICK,
+    list_logs,
+    read_header,
+    read_records,
+)
+from recorder.storage.sink import DAY_US, ParquetSink
 
 CRASH_DETAIL = "crash: the recording ended without a clean stop (rows re-derived from the raw log)"
 _LOG_NAME = re.compile(r"^[^-]+-(?P<run>[^-]+)-c(?P<conn>\d+)p(?P<part>\d+)" + re.escape(SUFFIX) + "$")
@@ -29,11 +48,16 @@ _LOG_NAME = re.compile(r"^[^-]+-(?P<run>[^-]+)-c(?P<conn>\d+)p(?P<part>\d+)" + r
 Position = tuple[int, int]  # (part, records read in that part, header included)
 
 
+LIVE_TABLES = ("trades", "book_updates", "book_snapshots", "events")
+_EVERYTHING: Position = (1 << 62, 0)
+
+
 @dataclass
 class ReplayResult:
     files: int = 0
     records: int = 0
     rows: int = 0
+    skipped: list[str] = field(default_factory=list)  # why a connection's logs were not replayed
 
 
 def log_identity(path: Path) -> tuple[str, int, int]:
@@ -120,18 +144,102 @@ def replay(
     data_dir: str | Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Replay raw logs (files or directories) into the tables under `data_dir`."""
+    """Replay raw logs (files or directories) into the tables under `data_dir`, exactly once.
+
+    Logs of a run that is still recording into `data_dir` are skipped: that run publishes its
+    rows itself (and recovery finishes them if it dies). A run still recording elsewhere is
+    replayed as far as its log goes, without a crash `stop`; a later replay continues from there.
+    """
+    data_dir = Path(data_dir)
     sink = ParquetSink(data_dir)
     res = ReplayResult()
     groups = group_logs(list_logs(list(paths)))
     for n, parts in enumerate(groups):
-        streams: dict[tuple[str, str], Stream] = {}
-        r = ConnectionReplay(sink, streams)
-        r.run(parts)
-        r.finish()
-        res.files += len(parts)
-        res.records += r.records
-        res.rows += sink.flush()
+        run = log_identity(parts[0])[0]
+        if lock_held(data_dir, run):
+            res.skipped.append(f"{run}: still recording into {data_dir} (it publishes these rows itself)")
+        else:
+            source = _recording_dir(parts[0])
+            complete = source is None or not lock_held(source, run)
+            r = rederive(sink, data_dir, parts, complete)
+            res.files += len(parts)
+            res.records += r.records
+            res.rows += r.rows
         if progress:
             progress(n + 1, len(groups))
     return res
+
+
+@dataclass
+class Rederived:
+    records: int = 0
+    rows: int = 0
+
+
+def rederive(sink: ParquetSink, data_dir: Path, parts: list[Path], complete: bool) -> Rederived:
+    """Replay one connection's log parts and publish the rows `data_dir` does not hold yet.
+
+    `complete`: the log will not grow (its run is over), so a log without a clean stop ends with
+    the crash `stop` event, and the files written are marked `recovered`: a later re-derivation of
+    the same log drops those keys whole (crash event included). Otherwise positions are exact and a
+    later replay continues past them. Raises OSError when the rows cannot be written.
+    """
+    header = read_header(parts[0])
+    if header is None:
+        return Rederived()  # killed before the header reached the disk: nothing was recorded
+    run, conn = log_identity(parts[0])[:2]
+    exchange = exchanges.canonical(header["exchange"])
+    users = sorted({t[2] for t in header["topics"]})
+    published = published_positions(data_dir, exchange, users, run, conn)
+    # Keys written by an earlier complete re-derivation are dropped after the crash event is made;
+    # live-published keys as soon as the replay passes their position.
+    live = sorted(((k, pos) for k, (pos, rec) in published.items() if not rec), key=lambda kv: kv[1])
+    recovered = [(k, pos) for k, (pos, rec) in published.items() if rec]
+
+    def drop(entries: list, upto: Position) -> None:
+        while entries and entries[0][1] <= upto:
+            (table, user, day), _ = entries.pop(0)
+            buf = sink.buffer(table, exchange, user)
+            buf[:] = [r for r in buf if r[0] // DAY_US != day]
+
+    r = ConnectionReplay(sink, {})
+    r.run(parts, lambda pos: drop(live, pos))
+    drop(live, _EVERYTHING)  # positions past the log's end: its tail was lost in a machine crash
+    if complete:
+        r.finish()
+        drop(recovered, _EVERYTHING)
+    end = (r.position[0], r.position[1] + 1) if complete else r.position  # +1: past the crash event
+    meta = sources_metadata([{"run": run, "conn": conn, "part": end[0], "records": end[1], "recovered": complete}])
+    written = sink.write(sink.take(), source=lambda key: meta)
+    if written is None:
+        raise OSError(f"cannot write re-derived rows to {data_dir}")
+    return Rederived(r.records, written)
+
+
+def published_positions(
+    data_dir: Path, exchange: str, users: list[str], run: str, conn: int
+) -> dict[tuple[str, str, int], tuple[Position, bool]]:
+    """For each (table, symbol, day number): the furthest raw-log position already in Parquet, and
+    whether that file was written by a complete re-derivation (recovery or replay)."""
+    out: dict[tuple[str, str, int], tuple[Position, bool]] = {}
+    for table in LIVE_TABLES:
+        for user in users:
+            base = partition_dir(data_dir, table, exchange, user, "x").parent
+            for f in base.glob("date=*/*.parquet"):
+                for s in read_sources(f):
+                    if s["run"] != run or s["conn"] != conn:
+                        continue
+                    day = (dt.date.fromisoformat(f.parent.name.removeprefix("date=")) - dt.date(1970, 1, 1)).days
+                    key = (table, user, day)
+                    pos = (s["part"], s["records"])
+                    if key not in out or pos > out[key][0]:
+                        out[key] = (pos, bool(s.get("recovered")))
+    return out
+
+
+def _recording_dir(log: Path) -> Path | None:
+    """The data dir a raw log was recorded into (`DATA_DIR/raw/exchange=../date=../log`), if any."""
+    for parent in log.resolve().parents:
+        if parent.name == "raw":
+            return parent.parent
+    return None

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from recorder import exchanges
-from recorder.collector import Collector, Options, check_writable
+from recorder.collector import Collector, Options, Unwritten, check_writable
 from recorder.errors import RecorderError
 from recorder.query import open_views
 from recorder.recovery import recover_data_dir
@@ -82,16 +82,31 @@ async def record(
         else:
             await collector.run()
         console.print(_summary(collector), highlight=False)
-        left = collector.sink.pending_rows()
-        if left:
-            raise RecorderError(
-                f"{left:,} rows could not be written to {opts.data_dir} ({collector.write_errors[-1]}); "
-                "they are in the raw log and the next `recorder run` on this data dir recovers them"
-            )
+        left = collector.unwritten()
+        if left.rows:
+            raise RecorderError(unwritten_message(left, opts.data_dir, collector.write_errors[-1]))
         return collector
     finally:
         if simulator is not None:
             await simulator.stop()
+
+
+def unwritten_message(u: Unwritten, data_dir: Path | None, why: str) -> str:
+    """The one line a stop with unwritten rows ends with: only what is true about getting them back."""
+    head = f"{u.rows:,} rows could not be written to {data_dir} ({why})"
+    if not u.raw:
+        return f"{head}; raw capture was off (--no-raw), so they are lost"
+    if not u.lost_rows:
+        return f"{head}; they are in the raw log and the next `recorder run` on this data dir recovers them"
+    t = u.lost_since or 0
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t / 1e6)) + f".{t // 1000 % 1000:03d}"
+    back = u.rows - u.lost_rows
+    return (
+        f"{head}; the raw log could not be completed either: the {u.lost_rows:,} rows "
+        f"({u.lost_trades:,} trades) received since {since} UTC are lost "
+        f"({u.raw_records_lost:,} raw records unwritten); the next `recorder run` on this data dir "
+        f"recovers the other {back:,} from the raw log"
+    )
 
 
 async def _refresh(live: Live, collector: Collector) -> None:

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -161,46 +158,6 @@ async def test_rest_errors_at_start_are_retried(tmp_path, sim, status, retry_aft
     await finish(c, sim, task)
     assert_book_matches_truth(tmp_path, sim)
     assert_every_sent_trade_once(tmp_path, sim)
-
-
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
-async def test_full_disk_pauses_retries_and_loses_nothing(tmp_path, sim):
-    """Fill a small tmpfs: writes fail with ENOSPC, rows wait in memory, then land once space is freed."""
-    data = tmp_path / "small"
-    if not _mount_tmpfs(data, "3m"):
-        pytest.skip("needs root and tmpfs to make a small disk")
-    try:
-        c = Collector("bitmart", list(SYMBOLS), options(data, sim))
-        task = await start(c)
-        await wait_for(lambda: books_valid(c), 10, "first snapshots")
-        ballast = data / "ballast"
-        with open(ballast, "wb") as fh:  # fill the disk
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
-        await wait_for(lambda: bool(c.write_errors), 10, "a failed write")
-        assert c.sink.pending_rows() > 0
-        ballast.unlink()  # space again: the retry must publish everything
-        await finish(c, sim, task)
-        assert c.sink.pending_rows() == 0 and c.dropped_rows == 0
-        assert_book_matches_truth(data, sim)
-        assert_every_sent_trade_once(data, sim)
-        for f in data.rglob("*.parquet"):
-            import pyarrow.parquet as pq
-
-            pq.read_metadata(f)
-    finally:
-        subprocess.run(["umount", "-l", str(data)], capture_output=True)
 
 
 async def test_market_going_quiet_is_not_a_dead_socket(tmp_path):

@@ -6,6 +6,7 @@ Each file a live run publishes carries, in its Parquet footer, the raw-log posit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -53,8 +54,10 @@ class RunLock:
         self.run = run_id()
         self.path = d / f"{self.run}.lock"
         self.done = d / f"{self.run}.done"
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = try_lock(self.path)
+        if fd is None:
+            raise RecorderError(f"run {self.run} is already locked in {d}")
+        self._fd = fd
 
     def finish(self, clean: bool, has_raw: bool = True) -> None:
         """Release the lock. A clean run with raw logs leaves a `.done` marker so recovery skips it;
@@ -65,22 +68,52 @@ class RunLock:
             self.path.unlink(missing_ok=True)
         os.close(self._fd)
 
+    def abandon(self) -> None:
+        """A start that failed before recording anything: leave no trace of this run."""
+        release(self.path, self._fd)
+        remove_if_empty(self.path.parent)
+
 
 def try_lock(path: Path) -> int | None:
-    """An exclusive lock on `path` (fd), or None when another live process holds it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive lock on `path` (fd), or None when another live process holds it.
+
+    Lock files may be deleted by their holder (`release`), so a lock taken on a file that was
+    unlinked meanwhile is worthless: check that the path still names the locked inode, else retry.
+    """
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)
-        return None
-    return fd
+
+
+def release(path: Path, fd: int) -> None:
+    """Delete a lock file while still holding it (safe with `try_lock`'s inode check), then unlock."""
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def run_is_alive(data_dir: str | Path, run: str) -> bool:
     """Whether the process of `run` still holds its lock (same host; flock is not for NFS)."""
-    if run == run_id():
-        return True
+    return run == run_id() or lock_held(data_dir, run)
+
+
+def lock_held(data_dir: str | Path, run: str) -> bool:
+    """Whether some process (this one included) holds the lock of `run` in `data_dir` right now."""
     lock = runs_dir(data_dir) / f"{run}.lock"
     if not lock.exists():
         return False
@@ -91,12 +124,14 @@ def run_is_alive(data_dir: str | Path, run: str) -> bool:
     return False
 
 
-def lock_stream(data_dir: str | Path, exchange: str, symbol: str) -> int:
+def lock_stream(data_dir: str | Path, exchange: str, symbol: str) -> tuple[Path, int]:
     """One live recorder per (exchange, symbol) and data dir: two would store the stream twice and
-    confuse `coverage`. Returns the held lock's fd; raises RecorderError when another process has it."""
+    confuse `coverage`. Returns the held lock (path, fd) for `release`; raises RecorderError when
+    another process has it."""
     d = runs_dir(data_dir)
     d.mkdir(parents=True, exist_ok=True)
-    fd = try_lock(d / f"stream-{exchange}-{symbol}.lock")
+    path = d / f"stream-{exchange}-{symbol}.lock"
+    fd = try_lock(path)
     if fd is None:
         raise RecorderError(f"{symbol} on {exchange} is already being recorded into {data_dir} by another process")
-    return fd
+    return path, fd
