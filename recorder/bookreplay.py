@@ -12,7 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from recorder.query import HIVE_TYPES, table_glob
+from recorder.lake import check_data_dir, scan_table
+from recorder.query import HIVE_TYPES
 
 
 @dataclass
@@ -33,16 +34,17 @@ def rebuild_book(
     data_dir: str | Path, exchange: str, symbol: str, until: dt.datetime | None = None
 ) -> ReplayedBook:
     """The book as of `until` (received at or before it; default: everything) for one stream."""
-    glob = table_glob(data_dir, "book_updates")
-    if not any(Path(data_dir).glob("book_updates/*/*/*/*.parquet")):
+    # the stream's files the `book_updates` view reads: damaged ones are skipped with a warning
+    files = scan_table(check_data_dir(data_dir), "book_updates", exchange, symbol).files
+    if not files:
         return ReplayedBook()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     where = "exchange = ? AND symbol = ?" + (" AND recv_ts <= ?" if until else "")
-    params: list = [exchange, symbol] + ([until] if until else [])
+    params: list = [[str(f) for f in files], exchange, symbol] + ([until] if until else [])
     tbl = con.sql(
         f"""SELECT recv_ts, ts, seq, is_snapshot, side, price, amount
-            FROM read_parquet('{glob}', hive_partitioning = true, hive_types = {HIVE_TYPES},
+            FROM read_parquet(?, hive_partitioning = true, hive_types = {HIVE_TYPES},
                               filename = true, file_row_number = true)
             WHERE {where}
             ORDER BY date, filename, file_row_number""",

@@ -51,6 +51,14 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
     return out
 
 
+def _skip_comments(sql: str) -> str:
+    """The statement from its first token on (leading comments dropped)."""
+    for pos, kind in duckdb.tokenize(sql):
+        if str(kind).rsplit(".", 1)[-1] != "comment":
+            return sql[pos:]
+    return ""
+
+
 def _literal(text: str) -> str | None:
     if len(text) < 2 or text[0] != "'" or text[-1] != "'":
         return None  # E'..', $$..$$ and the like: refused rather than interpreted
@@ -96,8 +104,9 @@ def vet(query: str, data_dir: Path, write: bool = False) -> list[Path]:
         if st.type in _READ:
             continue
         if st.type == ST.EXPLAIN:
-            head = _EXPLAIN_HEAD.match(st.query)
-            inner = _parse(st.query[head.end() :]) if head else []
+            text = _skip_comments(st.query)
+            head = _EXPLAIN_HEAD.match(text)
+            inner = _parse(text[head.end() :]) if head else []
             if inner and all(s.type in _READ for s in inner):
                 continue  # EXPLAIN ANALYZE runs its statement: only a read may follow
             raise RecorderError("recorder sql is read-only: EXPLAIN is allowed only for a SELECT")

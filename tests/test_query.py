@@ -226,6 +226,24 @@ def test_candle_build_ignores_damaged_trade_files(tmp_path):
     assert q.stdout.splitlines()[1] == "10,203.0"
 
 
+def test_book_rebuild_skips_damaged_files(tmp_path, caplog):
+    from recorder.bookreplay import rebuild_book
+
+    ts = pa.array([T0] * 3, pa.timestamp("us", tz="UTC"))
+    book = pa.table(
+        {"ts": ts, "recv_ts": ts, "seq": [1, 1, 1], "is_snapshot": [True] * 3, "side": ["bid", "bid", "ask"],
+         "price": [99.0, 98.0, 101.0], "amount": [1.0, 2.0, 3.0]},
+        schema=SCHEMAS["book_updates"],
+    )
+    put(tmp_path, "book_updates", f"{PART}/a.parquet", book)
+    garbage = tmp_path / "book_updates" / PART / "b.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with caplog.at_level(logging.WARNING, logger="recorder"):
+        rebuilt = rebuild_book(tmp_path, "bitmart", "BTC-USDT")
+    assert rebuilt.top() == ([(99.0, 1.0), (98.0, 2.0)], [(101.0, 3.0)])
+    assert any(str(garbage) in r.getMessage() for r in caplog.records)
+
+
 # ---- item 7: exact output ---------------------------------------------------------------------
 
 EXACT = (
