@@ -202,3 +202,29 @@ async def test_slow_stream_hang_is_declared_dead_in_bounded_time(tmp_path):
     bound = c.options.dead_within(0.8 * rate)  # 0.8: the watchdog's average is not ours to the digit
     assert bound < c.options.dead_within(0)  # the learned rate, not the cap for silent connections
     assert reached - row[0] <= bound * 1e6, f"declared dead {(reached - row[0]) / 1e6:.1f} s after the last frame"
+
+
+async def test_repeated_refusals_back_off(tmp_path, sim):
+    """Refusals in a row double the retry delay (1 s, then 2 s): prompt, yet no hammering."""
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim, channels=("trades",)))
+    sim.fail_next_subscribe(3)  # both topics of the first subscribe, then BTC-USDT again on the retry
+    task = await start(c)
+    await wait_for(lambda: all(t.acked for x in c.connections for t in x.topics), 15, "every topic acked")
+    sim.pause()
+    c.stop()
+    await asyncio.wait_for(task, 10)
+    con = connect(tmp_path)
+    refusals = [t for (t,) in con.execute(
+        "select distinct epoch_us(ts) from events where symbol = 'BTC-USDT' and detail like '90004%' order by 1"
+    ).fetchall()]
+    (acked,) = con.execute(
+        "select epoch_us(min(ts)) from events where symbol = 'BTC-USDT' and event = 'subscribed'"
+    ).fetchone()
+    # the first burst refuses both topics (two error frames, each recorded on every unacked topic)
+    first_burst, second_burst = refusals[0], refusals[-1]
+    assert second_burst - first_burst > 0.5e6 and all(
+        t - first_burst < 0.1e6 or t == second_burst for t in refusals
+    ), refusals
+    first, second = second_burst - first_burst, acked - second_burst
+    assert 1.0e6 <= first <= 1.8e6, f"first retry after {first / 1e6:.2f} s"
+    assert 2.0e6 <= second <= 2.8e6, f"second retry after {second / 1e6:.2f} s"
