@@ -15,10 +15,12 @@ adds nothing twice. Crash recovery is this same re-derivation for the runs that 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,15 @@ import orjson
 from recorder import exchanges
 from recorder.collector import Dispatcher, Stream, Topic
 from recorder.model import STOP
-from recorder.storage.checkpoint import lock_held, read_sources, sources_metadata
+from recorder.storage.checkpoint import (
+    lock_held,
+    read_sources,
+    release,
+    remove_if_empty,
+    runs_dir,
+    sources_metadata,
+    try_lock,
+)
 from recorder.storage.layout import partition_dir
 from recorder.storage.rawlog import (
     BADFRAME,
@@ -156,15 +166,16 @@ def replay(
     groups = group_logs(list_logs(list(paths)))
     for n, parts in enumerate(groups):
         run = log_identity(parts[0])[0]
-        if lock_held(data_dir, run):
-            res.skipped.append(f"{run}: still recording into {data_dir} (it publishes these rows itself)")
-        else:
-            source = _recording_dir(parts[0])
-            complete = source is None or not lock_held(source, run)
-            r = rederive(sink, data_dir, parts, complete)
-            res.files += len(parts)
-            res.records += r.records
-            res.rows += r.rows
+        source = _recording_dir(parts[0])
+        complete = source is None or not lock_held(source, run)  # before we take the lock ourselves
+        with _run_lock(data_dir, run) as free:
+            if not free:
+                res.skipped.append(f"{run}: still recording into {data_dir} (it publishes these rows itself)")
+            else:
+                r = rederive(sink, data_dir, parts, complete)
+                res.files += len(parts)
+                res.records += r.records
+                res.rows += r.rows
         if progress:
             progress(n + 1, len(groups))
     return res
@@ -235,6 +246,25 @@ def published_positions(
                     if key not in out or pos > out[key][0]:
                         out[key] = (pos, bool(s.get("recovered")))
     return out
+
+
+@contextlib.contextmanager
+def _run_lock(data_dir: Path, run: str) -> Iterator[bool]:
+    """Hold `run`'s lock in `data_dir` (False: a live process has it, recording or recovering it),
+    so that a recorder starting meanwhile cannot recover the same rows at the same time."""
+    rd = runs_dir(data_dir)
+    rd.mkdir(parents=True, exist_ok=True)
+    path = rd / f"{run}.lock"
+    existed = path.exists()
+    fd = try_lock(path)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None and existed:
+            os.close(fd)  # a dead run's lock file stays, as recovery expects to find it
+        elif fd is not None:
+            release(path, fd)
+        remove_if_empty(rd)
 
 
 def _recording_dir(log: Path) -> Path | None:
