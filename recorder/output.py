@@ -61,19 +61,20 @@ def prepare(rel: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelation, list
     """The relation with every column DuckDB must render turned into text, and each column's kind:
     `number`, `text`, `json` (nested, already JSON) or `value` (a Python value to format here)."""
     exprs, kinds = [], []
-    for name, typ in zip(rel.columns, rel.types, strict=True):
-        tid, col = typ.id, _quote(name)
+    for i, (name, typ) in enumerate(zip(rel.columns, rel.types, strict=True), start=1):
+        # columns by position: a result may repeat a name (`SELECT 1 AS a, 2 AS a`, joins)
+        tid, col, alias = typ.id, f"#{i}", _quote(name)
         if tid in _IN_DUCKDB:
-            exprs.append(_IN_DUCKDB[tid].format(c=col) + f" AS {col}")
+            exprs.append(_IN_DUCKDB[tid].format(c=col) + f" AS {alias}")
             kinds.append("json" if tid in _NESTED else "text")
         elif tid in _NUMBER_TEXT:
-            exprs.append(f"CAST({col} AS VARCHAR) AS {col}")
+            exprs.append(f"CAST({col} AS VARCHAR) AS {alias}")
             kinds.append("number")
         elif tid in _TEXT_TYPES or tid.startswith("enum"):
-            exprs.append(f"CAST({col} AS VARCHAR) AS {col}")
+            exprs.append(f"CAST({col} AS VARCHAR) AS {alias}")
             kinds.append("text")
         else:
-            exprs.append(col)
+            exprs.append(f"{col} AS {alias}")
             kinds.append("value")
     return rel.project(", ".join(exprs)), kinds
 

@@ -281,6 +281,10 @@ def test_csv_and_json_are_exact(tmp_path):
         "empty": "",
         "comma": "a,b",
     }
+    # a result may repeat a column name (joins): each column keeps its own values
+    twice = "SELECT 1.5::DECIMAL(4,2) AS a, 2 AS a, TIMESTAMPTZ '2026-11-21 00:00:00+00' AS t, DATE '2026-11-22' AS t"
+    r = run("sql", twice, "--data-dir", "data", "--format", "csv", cwd=tmp_path)
+    assert r.stdout.splitlines() == ["a,a,t,t", "1.50,2,2026-11-21T00:00:00.000000+00:00,2026-11-22"]
 
 
 def test_recorded_sums_are_integers_in_csv(tmp_path):
