@@ -1,6 +1,7 @@
 """Benchmark: 10M trades in Parquet -> candles, against bare DuckDB and pandas on the same files.
 
     python benchmarks/bench_candles.py [--trades 10000000] [--days 4] [--repeat 3] [--data-dir DIR]
+    python benchmarks/bench_candles.py --many-symbols 200 [--repeat 3]
 
 Generates synthetic trades in the contract layout (hourly files through the one writer; taker
 orders of 1-4 fills sharing a millisecond, so ties on exchange time are common), covered by
@@ -12,6 +13,9 @@ orders of 1-4 fills sharing a millisecond, so ties on exchange time are common),
   pandas 1m                     read_parquet + resample('1min') ohlc/sum/count
   incremental, +1 hour          build_candles() after one more hourly file lands in the last date
   no-op rebuild                 build_candles() with nothing changed
+
+`--many-symbols N` times only the per-stream overhead instead: N symbols with 6 trades each (three
+files of two trades, as three flushes write them, plus their events), full build and no-op rebuild.
 
 Prints a table and writes the figures as JSON to benchmarks/out/ (git-ignored).
 """
@@ -180,6 +184,39 @@ def measure(steps: Steps, repeat: int) -> tuple[dict[str, float], dict[str, str]
     return {name: min(t) for name, t in times.items()}, did
 
 
+def generate_many(data_dir: Path, symbols: int, seed: int = 1) -> int:
+    """`symbols` streams of one hour with 6 trades each, written as 3 flushes; returns the trade count."""
+    rng = np.random.default_rng(seed)
+    sink = ParquetSink(data_dir)
+    n = 0
+    for i in range(symbols):
+        sym = f"S{i:04d}-USDT"
+        for flush in range(3):
+            t = START_US + flush * 20 * 60_000_000 + np.sort(rng.integers(0, 20 * 60_000_000, 2))
+            rows = [(int(x), int(x) + 5_000, None, "buy", 10.0 + i, 0.5) for x in t]
+            sink.write_table("trades", EX, sym, rows_to_table("trades", rows))
+            n += len(rows)
+        events = [(START_US - 60_000_000, "subscribed"), (START_US + HOUR_US, "stop")]
+        sink.write_table("events", EX, sym, rows_to_table("events", [(t, t, "trades", e, "") for t, e in events]))
+    return n
+
+
+def many_symbols(symbols: int, repeat: int) -> None:
+    """Full build and no-op rebuild of many tiny streams: the per-stream, per-date overhead."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-candles-many-"))
+    try:
+        n = generate_many(data_dir, symbols)
+        full, noop = [], []
+        for _ in range(repeat):
+            reset_candles(data_dir)
+            full.append(timed(lambda: build_candles(data_dir))[0])
+            noop.append(timed(lambda: build_candles(data_dir))[0])
+        print(f"{symbols} symbols, {n:,} trades, best of {repeat}: full build {min(full):.2f} s, "
+              f"no-op rebuild {min(noop):.3f} s")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,7 +225,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, help="keep the generated data here (default: a temp dir)")
+    parser.add_argument("--many-symbols", type=int, help="time only N tiny streams (per-stream overhead)")
     args = parser.parse_args()
+    if args.many_symbols:
+        many_symbols(args.many_symbols, args.repeat)
+        return
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-candles-"))
     try:

@@ -40,12 +40,13 @@ from recorder.candles.aggregate import (
     FINE,
     RAW_COLUMNS,
     Aggregator,
+    chain,
     empty_raw,
     rollup_chain,
     rollup_sorted,
     split_days,
 )
-from recorder.candles.coverage import Coverage, event_rows, make_coverage
+from recorder.candles.coverage import Coverage, event_rows, event_rows_many, make_coverage
 from recorder.candles.finish import FinishInputs, finish_table, last_close, raw_from_candles
 from recorder.candles.groups import (
     BLOCK_HOURS,
@@ -101,6 +102,9 @@ __all__ = [  # the builder, and names other modules have imported from here
 
 DATES_PER_SCAN = 16  # dates aggregated by one DuckDB query (bounds memory on a first build)
 WRITERS = max(1, min(4, os.cpu_count() or 1))  # partitions written in parallel
+PARALLEL_ROWS = 50_000  # candle rows of one publish from which files are written by WRITERS threads
+IO_WRITERS = 8  # threads for many small files (fsync-bound, not CPU-bound)
+HOLD_STREAMS = 64  # streams whose small outputs are published together
 
 
 @dataclass
@@ -146,17 +150,112 @@ def build_candles(
         manifest = Manifest.load(root)
         con = duckdb_session()
         try:
-            for stream in discover(root, manifest, exchange, symbol):
+            streams = discover(root, manifest, exchange, symbol)
+            events = EventFiles.scan(root, con, manifest, streams, exchange, symbol)
+            publisher = Publisher(hold=HOLD_STREAMS)
+            builds = [
+                StreamBuild(root, con, manifest, s, wanted, fill, report, on_date, events, publisher)
+                for s in streams
+            ]
+            prefetch_small(builds)
+            for build in builds:
+                stream = build.stream
                 try:
-                    StreamBuild(root, con, manifest, stream, wanted, fill, report, on_date).run()
+                    build.run()
                 except (duckdb.IOException, FileNotFoundError):
-                    # a trade file vanished under us (compaction replaced it): look again, once
+                    # a trade file vanished under us (compaction replaced it): look again, once,
+                    # after what is waiting is published (the retry plans from the files on disk)
+                    publisher.flush()
                     [stream] = discover(root, manifest, stream.exchange, stream.symbol)
-                    StreamBuild(root, con, manifest, stream, wanted, fill, report, on_date).run()
+                    StreamBuild(root, con, manifest, stream, wanted, fill, report, on_date, events, publisher).run()
+            publisher.flush()
         finally:
             con.close()
+            manifest.save_pending()
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass
+class EventFiles:
+    """Every stream's `events` files from one listing, and the coverage rows of the streams whose
+    event files changed since the manifest's copy, derived in one DuckDB pass: with hundreds of
+    small streams, a listing and a query per stream cost more than all the work."""
+
+    files: dict[str, list[Path]]
+    rows: dict[str, tuple[list[list], int | None]]
+
+    @classmethod
+    def scan(
+        cls,
+        root: Path,
+        con: duckdb.DuckDBPyConnection,
+        manifest: Manifest,
+        streams: list[Stream],
+        exchange: str | None,
+        symbol: str | None,
+    ) -> EventFiles:
+        files: dict[str, list[Path]] = {}
+        # the files the `events` view reads: damaged ones are skipped with a warning
+        for path in scan_table(root, "events", exchange, symbol).files:
+            ex, sym = (path.parents[i].name.split("=", 1)[1] for i in (2, 1))
+            files.setdefault(f"{ex}/{sym}", []).append(path)
+        changed = [
+            p
+            for st in streams
+            for cached in [manifest.streams.get(st.key, {}).get("coverage")]
+            if cached is None or cached["events"] != event_sigs(files.get(st.key, []))
+            for p in files.get(st.key, [])
+        ]
+        return cls(files, event_rows_many(con, changed) if changed else {})
+
+    def of(self, key: str) -> tuple[list[Path], list[list], int | None]:
+        rows, last_event = self.rows.get(key, ([], None))
+        return self.files.get(key, []), rows, last_event
+
+
+SMALL_STREAM_BYTES = 4 << 20  # trade files of full dates up to this size: aggregated with other streams'
+BATCH_BYTES = 256 << 20  # bounds one batched scan
+
+
+def prefetch_small(builds: list[StreamBuild]) -> None:
+    """Aggregate the dates to be built in full of small streams together, a few DuckDB scans for
+    all of them (grouped by their finest interval), instead of one query per stream: with hundreds
+    of streams of a few trades each, per-query overhead was nearly all of a build's time."""
+    groups: dict[str, list[tuple[StreamBuild, list[DatePlan]]]] = {}
+    for build in builds:
+        full = [p for p in build.all_plans() if p.action == "full"]
+        size = sum(s[1] for p in full for s in build.stream.trades.get(p.day, []))
+        if full and size <= SMALL_STREAM_BYTES:
+            finest = chain([iv for iv in INTERVALS if any(iv in p.intervals for p in full)])[0]
+            groups.setdefault(finest, []).append((build, full))
+    for finest, members in groups.items():
+        batch: list[tuple[StreamBuild, list[DatePlan]]] = []
+        size = 0
+        for member in [*members, None]:
+            if member is not None:
+                batch.append(member)
+                size += sum(s[1] for p in member[1] for s in member[0].stream.trades.get(p.day, []))
+            if len(batch) > 1 and (member is None or size > BATCH_BYTES):
+                _prefetch(batch, finest)
+                batch, size = [], 0
+
+
+def _prefetch(batch: list[tuple[StreamBuild, list[DatePlan]]], finest: str) -> None:
+    files: list[Path] = []
+    owners: list[int] = []
+    for i, (build, full) in enumerate(batch):
+        paths = [f for p in full for f in build.trade_paths(p.day)]
+        files += paths
+        owners += [i] * len(paths)
+    raw = batch[0][0].agg.by_owner(files, owners, finest)
+    for i, (build, full) in enumerate(batch):
+        days = split_days(raw[i]) if i in raw else {}
+        build.prefetched = (finest, {p.day: days.get(p.day, empty_raw()) for p in full})
+
+
+def event_sigs(files: list[Path]) -> list[list]:
+    return [[f"{p.parent.name}/{s[0]}", s[1], s[2]] for p in files for s in [file_sig(p)]]
 
 
 # ---- one stream: plan each date, aggregate, finish, publish -------------------------------------
@@ -183,8 +282,15 @@ class StreamBuild:
         fill: bool,
         report: BuildReport,
         on_date: Callable[[str, str, str, str], None] | None,
+        events: EventFiles | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.root, self.manifest, self.stream = root, manifest, stream
+        self.events = events
+        self.publisher = publisher
+        self.planned: dict[str, DatePlan] = {}
+        # (finest interval, raw candles per day) of the dates to be built in full, from `prefetch_small`
+        self.prefetched: tuple[str, dict[str, pa.Table]] | None = None
         self.wanted, self.fill, self.report, self.on_date = list(wanted), fill, report, on_date
         self.con, self.agg = con, Aggregator(con)
         self.state = manifest.stream(stream.key)
@@ -195,12 +301,21 @@ class StreamBuild:
         self.fill_days = self.coverage.fill_days() if fill else set()
         self.recv_us = to_us(datetime.now(UTC))
 
+    def days(self) -> list[str]:
+        return sorted(set(self.stream.trades) | set(self.state["dates"]) | self.fill_days)
+
+    def all_plans(self) -> list[DatePlan]:
+        """Every date's plan, made once (before any of the stream's dates is published)."""
+        for day in self.days():
+            if day not in self.planned:
+                self.planned[day] = self.plan(day)
+        return list(self.planned.values())
+
     def run(self) -> None:
-        days = set(self.stream.trades) | set(self.state["dates"]) | self.fill_days
         carry: float | None = None
-        ordered = sorted(days)
+        ordered = self.days()
         for i in range(0, len(ordered), DATES_PER_SCAN):
-            plans = [self.plan(day) for day in ordered[i : i + DATES_PER_SCAN]]
+            plans = [self.planned.get(day) or self.plan(day) for day in ordered[i : i + DATES_PER_SCAN]]
             raw = self.aggregate(plans)
             outputs = []
             for plan in plans:
@@ -212,7 +327,7 @@ class StreamBuild:
         facts = {k: v for k, v in {**self.state["files"], **self.facts}.items() if k in present}
         if facts != self.state["files"] or self.coverage_changed or self.relabelled:  # footers, coverage
             self.state["files"] = facts
-            self.manifest.save()
+            self.manifest.save(soon=True)
 
     # -- what the footers and the events say
 
@@ -232,13 +347,16 @@ class StreamBuild:
 
     def load_coverage(self) -> Coverage:
         """Coverage rows are re-derived only when the stream's event files changed."""
-        # the files the `events` view reads: damaged ones are skipped with a warning
-        files = scan_table(self.root, "events", self.stream.exchange, self.stream.symbol).files
-        sigs = [[f"{p.parent.name}/{s[0]}", s[1], s[2]] for p in files for s in [file_sig(p)]]
+        events = self.events or EventFiles.scan(
+            self.root, self.con, self.manifest, [self.stream], self.stream.exchange, self.stream.symbol
+        )
+        files, rows, last_event = events.of(self.stream.key)
+        sigs = event_sigs(files)
         cached = self.state["coverage"]
         self.coverage_changed = cached is None or cached["events"] != sigs
         if self.coverage_changed:
-            rows, last_event = event_rows(self.con, files) if files else ([], None)
+            if files and not rows and last_event is None:  # changed after the batched pass
+                rows, last_event = event_rows(self.con, files)
             cached = self.state["coverage"] = {"events": sigs, "rows": rows, "last_event": last_event}
         days = sorted(self.stream.trades)
         first = [f.ts[0] for f in self.day_facts(days[0]) if f.ts] if days else []
@@ -296,9 +414,14 @@ class StreamBuild:
         full = [p for p in plans if p.action == "full"]
         if full:
             intervals = [iv for iv in INTERVALS if any(iv in p.intervals for p in full)]
-            files = [f for p in full for f in self.trade_paths(p.day)]
-            rows = max((f.rows for p in full for f in self.day_facts(p.day)), default=1)
-            by_iv = {iv: split_days(t) for iv, t in self.agg.from_trades(files, intervals, rows).items()}
+            if self.prefetched is not None and all(p.day in self.prefetched[1] for p in full):
+                finest, days = self.prefetched  # finer than (or as fine as) this chunk needs
+                made = {p.day: rollup_chain(days[p.day], finest, chain(intervals)) for p in full}
+                by_iv = {iv: {day: m[iv] for day, m in made.items()} for iv in intervals}
+            else:
+                files = [f for p in full for f in self.trade_paths(p.day)]
+                rows = max((f.rows for p in full for f in self.day_facts(p.day)), default=1)
+                by_iv = {iv: split_days(t) for iv, t in self.agg.from_trades(files, intervals, rows).items()}
             for p in full:
                 p.intervals = intervals
                 raw = {iv: by_iv[iv].get(p.day, empty_raw()) for iv in intervals}
@@ -431,8 +554,15 @@ class StreamBuild:
         return (carry if close is None else close), out
 
     def publish(self, outputs: list[Output]) -> None:
-        """Replace the changed group files (in parallel: Parquet encoding releases the GIL), then the
-        manifest.
+        """Replace the changed group files, then the manifest (through the build's `Publisher`,
+        which may hold them back to write them together with other streams')."""
+        if self.publisher is not None:
+            self.publisher.add(self, outputs)
+        else:
+            Publisher().add(self, outputs).flush()
+
+    def jobs(self, outputs: list[Output]) -> tuple[list[Job], list[Job]]:
+        """The file replacements of `outputs`: those that must go first, and the others.
 
         Each group file is replaced on its own by `replace_partition_files`, crash-safely; groups
         never share a candle, so no mix of replaced and not yet replaced groups holds a row twice.
@@ -456,13 +586,10 @@ class StreamBuild:
                     jobs = [Job(out, directory, None, SCHEMAS["candles"].empty_table(), extras)]
                 first.append(jobs.pop(0))
             rest += [j for j in jobs if j.table.num_rows or j.old]
-        for phase in (first, rest):
-            if len(phase) > 1:
-                with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-                    list(pool.map(Job.run, phase))
-            else:
-                for job in phase:
-                    job.run()
+        return first, rest
+
+    def record(self, outputs: list[Output]) -> None:
+        """After the files of `outputs` are replaced: the manifest and the report."""
         updates: dict[str, dict | None] = {}
         for out in outputs:
             if out.entry is not None:
@@ -474,6 +601,42 @@ class StreamBuild:
             if self.on_date:
                 self.on_date(self.stream.exchange, self.stream.symbol, out.day, out.action)
         self.manifest.update(self.stream.key, updates)
+
+
+class Publisher:
+    """Writes the changed candle files of several streams together: files in parallel threads
+    (Parquet encoding and fsync release the GIL; with hundreds of small streams, one fsync after
+    another was most of a build), then each stream's manifest entries. Streams never share a
+    directory, so holding one stream's files back changes nothing for another."""
+
+    def __init__(self, hold: int = 1) -> None:
+        self.hold = hold  # publish once this many streams' outputs are waiting
+        self.waiting: list[tuple[StreamBuild, list[Output]]] = []
+
+    def add(self, build: StreamBuild, outputs: list[Output]) -> Publisher:
+        if outputs:
+            self.waiting.append((build, outputs))
+        if len(self.waiting) >= self.hold:
+            self.flush()
+        return self
+
+    def flush(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        phases: tuple[list[Job], list[Job]] = ([], [])
+        for build, outputs in waiting:
+            first, rest = build.jobs(outputs)
+            phases[0].extend(first)
+            phases[1].extend(rest)
+        for phase in phases:
+            rows = sum(j.table.num_rows for j in phase)
+            if len(phase) > 1 and (rows > PARALLEL_ROWS or len(waiting) > 1):
+                with ThreadPoolExecutor(max_workers=WRITERS if rows > PARALLEL_ROWS else IO_WRITERS) as pool:
+                    list(pool.map(Job.run, phase))
+            else:  # threads would cost more than they save
+                for job in phase:
+                    job.run()
+        for build, outputs in waiting:
+            build.record(outputs)
 
 
 def merge(stored: list[dict[str, pa.Table]], interval: str, fresh: pa.Table, lo: int, hi: int) -> pa.Table:

@@ -54,6 +54,29 @@ def event_rows(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[list[
     return [list(r) for r in rows], last_event
 
 
+def event_rows_many(
+    con: duckdb.DuckDBPyConnection, files: list[Path]
+) -> dict[str, tuple[list[list], int | None]]:
+    """`event_rows` of many streams in one pass, keyed "exchange/symbol" (a stream whose files hold
+    no trades-channel event is absent): per-query overhead, not work, dominates many small streams."""
+    file_list = ", ".join(sql_str(p) for p in files)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{file_list}], "
+        f"hive_partitioning = true, hive_types = {HIVE_TYPES}) WHERE channel = 'trades'"
+    )
+    con.execute(COVERAGE_SQL.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
+    out: dict[str, tuple[list[list], int | None]] = {}
+    for ex, sym, last in con.sql("SELECT exchange, symbol, epoch_us(max(ts)) FROM events GROUP BY ALL").fetchall():
+        out[f"{ex}/{sym}"] = ([], last)
+    rows = con.sql(
+        "SELECT exchange, symbol, epoch_us(start_ts), epoch_us(end_ts) FROM coverage "
+        "ORDER BY exchange, symbol, start_ts"
+    ).fetchall()
+    for ex, sym, start, end in rows:
+        out[f"{ex}/{sym}"][0].append([start, end])
+    return out
+
+
 def make_coverage(
     rows: list[list], last_event: int | None, first_ts: int | None, last_ts: int | None, last_recv: int | None
 ) -> Coverage:

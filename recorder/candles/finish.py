@@ -80,6 +80,8 @@ def finish_table(raw: dict[str, pa.Table], inputs: FinishInputs, recv_us: int) -
             extra = np.setdiff1d(grid(inputs.fill_spans, width), tbl.column("b").to_numpy())
             if extra.size:
                 tbl = forward_fill(tbl, extra, inputs.carry)
+        if tbl.num_rows == 0:  # most 1s blocks of a small stream: nothing to convert
+            continue
         b = tbl.column("b").to_numpy()
         complete = complete_mask(b, width, inputs.spans if inputs.has_events else [])
         parts.append(candle_rows(iv, tbl, complete, recv_us))

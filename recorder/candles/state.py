@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from recorder.storage.compact import Lineage, read_lineage
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
 BUILDER_VERSION = 3  # bump to force a full rebuild when the candle definition changes
+SAVE_EVERY = 1.0  # s between two manifest writes during a build
 Sig = tuple[str, int, int]  # (file name, size, mtime_ns): a trade file as the manifest remembers it
 
 
@@ -116,6 +118,8 @@ class Manifest:
     def __init__(self, path: Path, streams: dict[str, dict]) -> None:
         self.path = path
         self.streams = streams
+        self.saved_at = time.monotonic()  # not before the first SAVE_EVERY s of a build
+        self.pending = False
 
     @classmethod
     def load(cls, root: Path) -> Manifest:
@@ -126,6 +130,10 @@ class Manifest:
             doc = {}
         streams = doc.get("streams", {}) if doc.get("version") == BUILDER_VERSION else {}
         return cls(path, streams)
+
+    def save_pending(self) -> None:
+        if self.pending:
+            self.save()
 
     def stream(self, key: str) -> dict:
         return self.streams.setdefault(key, {"dates": {}, "files": {}, "coverage": None})
@@ -141,9 +149,16 @@ class Manifest:
                 dates.pop(day, None)
             else:
                 dates[day] = entry
-        self.save()
+        self.save(soon=True)
 
-    def save(self) -> None:
+    def save(self, soon: bool = False) -> None:
+        """Write the manifest now, or with `soon` at most every SAVE_EVERY s (`save_pending` writes
+        the rest): rewriting the whole manifest after each of hundreds of streams cost quadratic time.
+        Published candle files the saved manifest does not list yet only make their date rebuilt."""
+        if soon and time.monotonic() - self.saved_at < SAVE_EVERY:
+            self.pending = True
+            return
+        self.saved_at, self.pending = time.monotonic(), False
         streams = {k: v for k, v in self.streams.items() if v["dates"]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
