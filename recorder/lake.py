@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def check_data_dir(data_dir: str | Path) -> Path:
     """The data dir as a Path; a clear error if it is missing or not a directory (a mistyped path
     must not look like an empty recording)."""
     root = Path(data_dir)
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
+        raise RecorderError(f"data dir {data_dir}: remote data dirs (s3://...) are not supported yet")
     if not root.exists():
         raise RecorderError(f"no data dir at {root} (it does not exist)")
     if not root.is_dir():

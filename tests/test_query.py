@@ -339,3 +339,5 @@ def test_connect_refuses_a_mistyped_data_dir(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(RecorderError, match="not a directory"):
         recorder.connect(tmp_path / "f")
+    with pytest.raises(RecorderError, match="not supported yet"):  # not an empty local dir named s3:
+        recorder.connect("s3://bucket/prefix")
