@@ -375,6 +375,7 @@ class SocketFault(aiohttp.ClientError):
 
 
 def describe_ws_error(exc: BaseException | None, adapter: ModuleType) -> str:
+    """The `disconnect` detail for a websocket-level error (an oversized frame names the limit)."""
     if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
         return f"frame too large (limit {adapter.MAX_FRAME_BYTES:,} bytes): {exc}; socket closed (code 1009)"
     return f"websocket error: {exc!r}" if exc is not None else "websocket error (no detail from aiohttp)"
@@ -557,6 +558,7 @@ class Connection:
                 await self._subscribe(todo)
         finally:
             self.retry_pending = False
+
 
 class Collector:
     """Records `symbols` of `exchange` into `options.data_dir` until stopped."""
