@@ -138,7 +138,10 @@ def compact(
     date: str | None = typer.Option(None, "--date", help="only this UTC date (YYYY-MM-DD)"),
     include_today: bool = typer.Option(False, "--include-today", help="also compact today's (unfinished) date"),
 ) -> None:
-    """Merge a finished date's small files into one file per partition (row groups of up to 1M rows)."""
+    """Merge a finished date's small files into one file per partition (row groups of up to 1M rows).
+
+    Built candles stay valid (`candles build` sees that only rows it built were re-packed); the
+    `candles` table itself is left alone."""
     from recorder.storage.compact import compact_data_dir
 
     def go() -> None:
@@ -209,7 +212,7 @@ def status(
 try:  # the candles sub-app (issue 4)
     from recorder.candles.cli import app as candles_app
 
-    app.add_typer(candles_app, name="candles", help="build / backfill / verify candles")
+    app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
 except ImportError:  # pragma: no cover - during development only
     pass
 

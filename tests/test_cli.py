@@ -210,3 +210,17 @@ def test_simulate_says_where_it_listens_and_injects_the_faults_asked_for(tmp_pat
     q = run("sql", "select event, detail from events where channel = 'trades'", "--format", "csv", cwd=tmp_path)
     assert "undecodable frame" in q.stdout, q.stdout
     assert sum(1 for ln in q.stdout.splitlines() if ln.startswith("connect,")) >= 2, q.stdout  # reconnected
+
+
+def test_help_lists_every_candles_command_and_the_true_row_group_size(tmp_path):
+    top = run("--help", cwd=tmp_path).stdout
+    assert "build / backfill / verify / watch candles" in top, top
+    for command in ("build", "backfill", "verify", "watch"):
+        assert f" {command} " in run("candles", "--help", cwd=tmp_path).stdout
+    from recorder.storage.sink import ROW_GROUP_SIZE
+
+    compact_help = " ".join(run("compact", "--help", cwd=tmp_path).stdout.split())
+    assert f"row groups of up to {ROW_GROUP_SIZE // 1_000_000}M rows" in compact_help, compact_help
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert f"(row groups of up to {ROW_GROUP_SIZE // 1_000_000}M rows)" in readme
+    assert "`derivative_ticker`" in readme
