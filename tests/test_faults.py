@@ -163,13 +163,13 @@ async def test_rest_errors_at_start_are_retried(tmp_path, sim, status, retry_aft
 async def test_market_going_quiet_is_not_a_dead_socket(tmp_path):
     """A liquid stream that suddenly goes silent (no updates, no heartbeats) but whose server still
     answers pings keeps its connection: the watchdog probes before it reconnects."""
-    quiet = BitmartSpotSim(symbols=list(SYMBOLS.values()), seed=2, rate=300.0, heartbeat_interval=1000.0)
+    quiet = BitmartSpotSim(symbols=list(SYMBOLS.values()), seed=2, rate=1000.0, heartbeat_interval=1000.0)
     await quiet.start(host="127.0.0.1", port=0)
     try:
         c = Collector("bitmart", list(SYMBOLS), options(tmp_path, quiet))
         task = await start(c)
         await wait_for(lambda: books_valid(c), 10, "first snapshots")
-        await asyncio.sleep(2)  # the watchdog learns a busy rate
+        await record_trades(quiet, MIN_TRADES)  # meanwhile the watchdog learns a busy rate
         quiet.pause()
         await asyncio.sleep(9)  # silent for 3x the watchdog's 3 s floor
         assert sum(x.reconnects for x in c.connections) == 0
@@ -177,3 +177,4 @@ async def test_market_going_quiet_is_not_a_dead_socket(tmp_path):
     finally:
         await quiet.stop()
     assert_book_matches_truth(tmp_path, quiet)
+    assert_every_sent_trade_once(tmp_path, quiet)
