@@ -39,7 +39,7 @@ from recorder.model import (
     TradeBatch,
 )
 from recorder.storage.checkpoint import RunLock, lock_stream, release, run_is_alive, sources_metadata
-from recorder.storage.rawlog import BADFRAME, RawLog
+from recorder.storage.rawlog import BADFRAME, RESERVE_BYTES, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.symbols import fetch_markets, resolve
 from recorder.transport import SendLimiter, backoff_delay, new_session
@@ -81,6 +81,7 @@ class Options:
     resync_timeout: float = 5.0  # re-request a snapshot not received within this
     raw: bool = True  # capture every frame to DATA_DIR/raw (the source for `recorder replay`)
     raw_flush_interval: float = 0.2
+    raw_reserve_bytes: int = RESERVE_BYTES  # disk held ahead of each raw log, for a disk that fills up
     # While the disk refuses writes, rows and raw records wait in memory up to these caps; past
     # them the oldest are dropped, counted, and recorded as `error` events.
     max_pending_rows: int = 5_000_000
@@ -623,7 +624,10 @@ class Collector:
         for n, group in enumerate(self._topic_groups()):
             rawlog = None
             if self.options.raw:
-                rawlog = RawLog(self.options.data_dir, self.exchange, self._raw_header(group), connection=n)
+                rawlog = RawLog(
+                    self.options.data_dir, self.exchange, self._raw_header(group), connection=n,
+                    reserve_bytes=self.options.raw_reserve_bytes,
+                )
             d = Dispatcher(self.adapter, group, self.options.snapshot_depth, rawlog)
             self.connections.append(Connection(self, d, n))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from recorder.replay import group_logs, log_identity, rederive
 from recorder.storage.checkpoint import run_is_alive, runs_dir, try_lock
 from recorder.storage.layout import run_id
-from recorder.storage.rawlog import list_logs
+from recorder.storage.rawlog import list_logs, release_reserve
 from recorder.storage.sink import ParquetSink, recover
 
 
@@ -55,6 +55,8 @@ def recover_data_dir(data_dir: str | Path, progress: Callable[[str], None] | Non
         try:
             if progress:
                 progress(f"recovering crashed run {run} from {len(files)} raw log file(s)")
+            for f in files:
+                release_reserve(f)  # the disk space a killed run held ahead of its logs
             rows = recover_run(data_dir, run, files)
             (rd / f"{run}.done").write_bytes(b"")
             res.runs += 1

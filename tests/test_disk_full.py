@@ -1,7 +1,8 @@
 """A full disk, for real: a small tmpfs (root only; in CI, where `CI` is set, not being able to make one
 fails instead of skipping). Parquet writes fail with ENOSPC, rows wait in memory and land once space
-returns; a disk still full at stop ends with a message that says exactly what the next run gets back,
-and the next run gets back exactly that (checked against what the simulator sent)."""
+returns; the raw log completes into the disk space it holds in reserve; a disk still full at stop ends
+with an error that says exactly what the next run gets back, and the next run gets back exactly that
+(checked against what the simulator sent)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recorder.collector import Collector
+from recorder.errors import RecorderError
 from recorder.replay import replay
+from recorder.runner import record
 
 from .recording import SYMBOLS, books_valid, finish, options, start, wait_for
 from .test_crash import run_cli, sent_to, spawn, stop, stored_trades
@@ -84,10 +87,10 @@ async def test_parquet_write_failure_waits_in_memory_and_loses_nothing(tmp_path,
 
 
 @pytest.mark.parametrize("full", ["trades", "all"])
-async def test_full_disk_at_stop_says_what_the_next_run_recovers(tmp_path, sim, small_disk, full):
-    """`trades`: only the tables' disk is full, the raw log is complete, every row comes back.
-    `all`: the raw log's disk is full too: the message says how many rows and trades are lost, and
-    the next run recovers exactly the rest (every trade the raw log holds)."""
+async def test_full_disk_at_stop_loses_nothing_that_reached_the_recorder(tmp_path, sim, small_disk, full):
+    """`trades`: only the tables' disk is full. `all`: the raw log's disk is full too, but each raw
+    log holds disk space in reserve, so it is completed at stop anyway. Either way the error says the
+    rows are in the raw log, and the next run recovers every trade the simulator sent."""
     data = tmp_path / "data"
     disk = small_disk("data/trades" if full == "trades" else "data")
     known = len(sim.connections)
@@ -101,21 +104,44 @@ async def test_full_disk_at_stop_says_what_the_next_run_recovers(tmp_path, sim, 
         await asyncio.sleep(0.5)  # the recorder reads what is in flight
     finally:
         err = await stop(proc)
-    run1 = sim.connections[known:]
     assert proc.returncode == 2, err
     line = " ".join(err.split())  # rich wraps long lines
-    m = re.search(r"error: ([\d,]+) rows could not be written", line)
-    assert m, err
-    if full == "trades":
-        assert "they are in the raw log and the next `recorder run` on this data dir recovers them" in line
-        lost_trades = 0
-    else:
-        m = re.search(r"raw log could not be completed either: the ([\d,]+) rows \(([\d,]+) trades\)", line)
-        assert m, err
-        lost_trades = int(m[2].replace(",", ""))
-        assert lost_trades > 0  # the raw log really lacks trades: the test proves something
-
+    assert re.search(r"error: [\d,]+ rows could not be written", line), err
+    assert "they are in the raw log and the next `recorder run` on this data dir recovers them" in line
     ballast.unlink()
+    await assert_next_run_recovers(tmp_path, data, sim, sim.connections[known:], lost_trades=0)
+
+
+async def test_full_disk_beyond_the_raw_reserve_says_exactly_what_is_lost(tmp_path, sim, small_disk):
+    """No raw reserve: the raw log cannot be completed at stop. The error names how many rows and
+    trades are lost; the next run recovers exactly the others (every trade the raw log holds)."""
+    data = small_disk("data")
+    opts = options(data, sim, duration=8.0, raw_reserve_bytes=0)
+    task = asyncio.create_task(record("bitmart", list(SYMBOLS), opts, status=False, signals=False))
+    try:
+        await wait_for(lambda: sent_each(sim) >= 50, 30, "trades")
+        ballast = fill(data)
+        await wait_for(lambda: sent_each(sim) >= MIN_TRADES, 30, "trades")
+        sim.pause()
+        await sim.drain()
+        with pytest.raises(RecorderError) as stopped:
+            await asyncio.wait_for(task, 30)  # stops after `duration`
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    line = str(stopped.value)
+    m = re.search(r"raw log could not be completed either: the ([\d,]+) rows \(([\d,]+) trades\)", line)
+    assert m, line
+    lost_trades = int(m[2].replace(",", ""))
+    assert lost_trades > 0  # the raw log really lacks trades: the test proves something
+    ballast.unlink()
+    await assert_next_run_recovers(tmp_path, data, sim, sim.connections, lost_trades)
+
+
+async def assert_next_run_recovers(tmp_path: Path, data: Path, sim, run1: list, lost_trades: int) -> None:
+    """The next `recorder run` recovers every trade the raw log holds, in order, and exactly
+    `lost_trades` of what the simulator sent to the first run are missing (at its end)."""
+    first = {user: len(sent_to(sim, wire, run1)) for user, wire in SYMBOLS.items()}
     rc, err = await run_cli("run", "bitmart", *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
                             "--data-dir", str(data), "--duration", "1", "-q")
     assert rc == 0, err
@@ -124,8 +150,8 @@ async def test_full_disk_at_stop_says_what_the_next_run_recovers(tmp_path, sim, 
     replay([data / "raw"], replayed)
     missing = 0
     for user, wire in SYMBOLS.items():
-        sent, got = sent_to(sim, wire, run1), stored_trades(data, user)
+        sent, got = sent_to(sim, wire, run1)[: first[user]], stored_trades(data, user)
         assert got == sent[: len(got)], f"{user}: stored trades are not what was sent, in order"
         assert got == stored_trades(replayed, user), f"{user}: the raw log holds trades the tables lack"
         missing += len(sent) - len(got)
-    assert missing == lost_trades  # the message said exactly what would not come back
+    assert missing == lost_trades  # the error said exactly what would not come back

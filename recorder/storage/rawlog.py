@@ -10,15 +10,23 @@ Durability: buffered records are appended as one zstd frame (a file is a plain c
 zstd frames, readable by `zstd -d`) every 0.2 s, and fsynced every 5 s. A killed process loses at
 most the last 0.2 s; a machine crash at most the last 5 s. A file cut short is read up to its last
 complete frame.
+
+A full disk: each open log keeps disk space allocated past its end (`fallocate` with
+FALLOC_FL_KEEP_SIZE, Linux; the file size does not change), so appends still land when the disk
+fills, a stop included: the raw log, from which every table can be recovered, is the last thing to
+run out of space. Closing a log gives the unused reserve back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -29,6 +37,34 @@ from recorder.storage.layout import run_id, unique_name
 HEADER, FRAME, BADFRAME, SENT, EVENT, TICK = 0, 1, 2, 3, 4, 5
 _REC = struct.Struct("<qBI")
 SUFFIX = ".rawlog.zst"
+RESERVE_BYTES = 16 * 1024 * 1024  # disk space held past the end of each open log (see module doc)
+_MIN_RESERVE = 64 * 1024
+_KEEP_SIZE = 0x01  # FALLOC_FL_KEEP_SIZE
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None  # not Linux: no reserve
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+def reserve_space(fd: int, offset: int, size: int) -> int:
+    """Allocate up to `size` bytes at `offset` without changing the file's size; on a disk too full
+    for all of it, as much as fits (halving down to 64 KiB). Returns the bytes reserved."""
+    while _fallocate is not None and size >= _MIN_RESERVE:
+        if _fallocate(fd, _KEEP_SIZE, offset, size) == 0:
+            return size
+        if ctypes.get_errno() != errno.ENOSPC:
+            return 0  # the file system cannot (EOPNOTSUPP...): no reserve there
+        size //= 2
+    return 0
 
 
 def raw_dir(data_dir: str | Path, exchange: str, date: str) -> Path:
@@ -52,12 +88,15 @@ class RawLog:
         rotate_seconds: float = 3600.0,
         rotate_bytes: int = 512 * 1024 * 1024,
         fsync_interval: float = 5.0,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         self.data_dir, self.exchange, self.connection = Path(data_dir), exchange, connection
         self.run = run_id()
         self.header = {**header, "run": self.run, "connection": connection}
         self.rotate_seconds, self.rotate_bytes = rotate_seconds, rotate_bytes
         self.fsync_interval = fsync_interval
+        self.reserve_bytes = reserve_bytes
+        self._reserved_end = 0  # the file's space is allocated up to this offset
         self._cctx = zstandard.ZstdCompressor(level=3)
         self._buf = bytearray()
         self._fd: int | None = None
@@ -91,8 +130,17 @@ class RawLog:
         path = d / unique_name(SUFFIX, tag=f"c{self.connection}p{self.part}")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.path = path
-        self._size = 0
+        self._size = self._reserved_end = 0
         self.paths.append(path)
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Top the reserve up once less than half of it is left (a failure only means less reserve)."""
+        if self._fd is None or self._reserved_end - self._size >= self.reserve_bytes // 2:
+            return
+        got = reserve_space(self._fd, self._size, self.reserve_bytes)
+        if got:
+            self._reserved_end = self._size + got
 
     @property
     def position(self) -> tuple[int, int]:
@@ -164,6 +212,7 @@ class RawLog:
                     os.ftruncate(self._fd, self._size)  # no torn frame left behind
                 raise
             self._size += len(frame)
+            self._reserve()
             self._raw_bytes += len(self._buf)
             self._buf = bytearray()
             self._buffered_records = 0
@@ -193,9 +242,20 @@ class RawLog:
         self._write_buffer()
         if self._fd is not None:
             os.fsync(self._fd)
+            release_reserve(self._fd)
             os.close(self._fd)
             self._fd = None
         self._need_header = True
+
+
+def release_reserve(fd_or_path: int | str | Path) -> None:
+    """Free the space a log holds past its end (also for logs of crashed runs): truncating to the
+    current size drops the blocks beyond it."""
+    with contextlib.suppress(OSError):
+        if isinstance(fd_or_path, int):
+            os.ftruncate(fd_or_path, os.fstat(fd_or_path).st_size)
+        else:
+            os.truncate(fd_or_path, os.stat(fd_or_path).st_size)
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
