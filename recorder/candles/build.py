@@ -81,8 +81,7 @@ from recorder.candles.state import (
     repacked,
     state_lock,
 )
-from recorder.errors import RecorderError
-from recorder.lake import scan_table
+from recorder.lake import check_data_dir, scan_table
 from recorder.model import SCHEMAS, TRADES
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import DAY_US, recover, replace_partition_files
@@ -138,9 +137,7 @@ def build_candles(
     candles at the previous close for intervals without trades inside the recorded coverage.
     """
     started = time.perf_counter()
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise RecorderError(f"no data dir at {root}")
+    root = check_data_dir(data_dir)  # missing or not a directory: one clear error naming it
     wanted = parse_intervals(intervals)
     exchange = exchanges.normalize(exchange) if exchange else None
     symbol = normalize(symbol) if symbol else None
