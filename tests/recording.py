@@ -111,7 +111,8 @@ def recorded_in_arrival_order(data_dir: Path, user: str, exchange: str = "bitmar
 
     Not by `recv_ts` (one frame's trades share it, and the wall clock may step): a flush publishes rows
     in arrival order, and file names start with the UTC publish time, so (file name, row number) is the
-    arrival order, across dates too.
+    arrival order of one live run, across dates too. (Crash recovery publishes older rows later:
+    tests/test_crash.py orders by receive time first.)
     """
     files = sorted((Path(data_dir) / "trades" / f"exchange={exchange}" / f"symbol={user}").glob("*/*.parquet"))
     if not files:
