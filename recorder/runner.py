@@ -240,12 +240,16 @@ def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int, write: bool = F
 
 
 def _print_table(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, max_rows: int) -> None:
+    from rich.text import Text
+
     from recorder import output
 
     cols, rows, cut = output.table_rows(con, rel, max_rows)
-    t = Table(*cols, show_lines=False)
+    t = Table(show_lines=False)
+    for c in cols:
+        t.add_column(Text(c))
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(Text(v) for v in r))  # Text: a value like "[red]" is data, not rich markup
     with contextlib.suppress(BrokenPipeError):
         Console().print(t)
     if cut:  # never drop rows silently

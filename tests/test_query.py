@@ -311,6 +311,14 @@ def test_max_rows_says_when_rows_were_cut(tmp_path):
     assert whole.returncode == 0 and "cut" not in whole.stderr
 
 
+def test_table_format_shows_values_verbatim(tmp_path):
+    """A recorded string that looks like terminal markup is shown as it is, not interpreted."""
+    (tmp_path / "data").mkdir()
+    t = run("sql", "SELECT '[bold]x[/bold]' AS detail, 1.10::DECIMAL(4,2) AS d", "--data-dir", "data", cwd=tmp_path)
+    assert t.returncode == 0, t.stderr
+    assert "[bold]x[/bold]" in t.stdout and "1.10" in t.stdout
+
+
 # ---- item 8: a mistyped data dir --------------------------------------------------------------
 
 
