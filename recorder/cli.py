@@ -190,14 +190,15 @@ def status(
 ) -> None:
     """Today's coverage (share of time with continuous valid data) and volume per stream."""
     from rich.table import Table
+    from rich.text import Text
 
     from recorder.status import disk_usage, status_report
 
     def go() -> None:
         cols, rows, skipped = status_report(data_dir, date)
-        t = Table(*cols, title=f"recorder status · {data_dir} · {date or 'today (UTC)'}")
-        for r in rows:
-            t.add_row(*("" if v is None else str(v) for v in r))
+        t = Table(*cols, title=Text(f"recorder status · {data_dir} · {date or 'today (UTC)'}"))
+        for r in rows:  # Text: a detail like "[Errno 28]" is data, not rich markup
+            t.add_row(*(Text("" if v is None else str(v)) for v in r))
         Console().print(t)
         usage = ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk_usage(data_dir).items())
         Console().print(f"on disk: {usage or 'nothing yet'}")
