@@ -142,7 +142,7 @@ def _table_select(data_dir: Path, table: str, found: TableFiles) -> str:
     else:  # a glob keeps a long-lived connection right while compaction replaces files
         source = _sql_str(table_glob(data_dir, table))
     # every file has the model's columns and types (lake.schema_problem), so DuckDB can take the
-    # schema from one file instead of merging all footers (union_by_name), which halves bind time
+    # schema from one file instead of merging all footers (union_by_name): ~30 % less bind time
     cols = ", ".join(f'"{f.name}"' for f in SCHEMAS[table])
     return (
         f"SELECT {cols}, exchange, symbol, date FROM read_parquet({source}, hive_partitioning = true, "
