@@ -170,7 +170,8 @@ async def test_repeated_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, s
 
 def assert_trades_match_what_was_sent(data: Path, sim: BitmartSpotSim, runs: list[tuple[list, float | None]]) -> None:
     """Run after run, the stored trades are what that run's connections were sent, in order; a killed
-    run may lack only trades of its last second (raw records reach the OS every 0.2 s)."""
+    run may lack only trades of its last 2 s (raw records reach the OS every 0.2 s; the rest is slack
+    for frames still in flight, or unread by a recorder starved of CPU on a busy machine)."""
     for user, wire in SYMBOLS.items():
         stored = stored_trades(data, user)
         assert len(sent_to(sim, wire, runs[-1][0])) >= 300, f"{user}: too few trades to show periodic loss"
@@ -182,9 +183,9 @@ def assert_trades_match_what_was_sent(data: Path, sim: BitmartSpotSim, runs: lis
             if kill is None:
                 assert not lost, f"{user}, clean last run: {len(lost)} of {len(sent)} sent trades missing or changed"
             else:
-                early = [t for t in lost if t[0] < (kill - 1.0) * 1e6]
+                early = [t for t in lost if t[0] < (kill - 2.0) * 1e6]
                 assert not early, (
-                    f"{user}, run {k}: {len(early)} trades sent more than 1 s before the kill are missing "
+                    f"{user}, run {k}: {len(early)} trades sent more than 2 s before the kill are missing "
                     f"or out of order (first: #{n} of {len(sent)}, {early[0]})"
                 )
             pos += n
