@@ -11,6 +11,7 @@ the strings "NaN"/"Infinity"/"-Infinity" in JSON (JSON numbers cannot hold them)
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from decimal import Decimal
@@ -130,11 +131,34 @@ def csv_text(v: object, kind: str) -> str:
     return str(v)
 
 
+class _Raw(str):
+    """A number exactly as DuckDB wrote it."""
+
+
+def _nested_json(text: str) -> str:
+    """DuckDB's `to_json` writes NaN and infinities as bare tokens, which JSON has not: re-emit
+    them as strings, every number keeping its digits."""
+    if "NaN" not in text and "Infinity" not in text:
+        return text
+    value = json.loads(text, parse_float=_Raw, parse_int=_Raw, parse_constant=str)
+    return _dump(value)
+
+
+def _dump(v: object) -> str:
+    if isinstance(v, _Raw):
+        return str(v)
+    if isinstance(v, dict):
+        return "{" + ",".join(orjson.dumps(k).decode() + ":" + _dump(x) for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_dump(x) for x in v) + "]"
+    return orjson.dumps(v).decode()  # str, bool, None
+
+
 def json_text(v: object, kind: str) -> str:
     if v is None:
         return "null"
     if kind == "json":
-        return str(v)
+        return _nested_json(str(v))
     if kind == "text":
         return orjson.dumps(str(v)).decode()
     if kind == "number":

@@ -281,6 +281,11 @@ def test_csv_and_json_are_exact(tmp_path):
         "empty": "",
         "comma": "a,b",
     }
+    # JSON has no NaN or infinity, also inside nested values; numbers keep their digits
+    nested = "SELECT ['nan'::DOUBLE, 1.5, 'inf'::DOUBLE] AS l, {'h': 2::HUGEINT << 100} AS s, 'nan'::DOUBLE AS n"
+    k = run("sql", nested, "--data-dir", "data", "--format", "json", cwd=tmp_path)
+    [obj] = json.loads(k.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON output"))
+    assert obj == {"l": ["NaN", 1.5, "Infinity"], "s": {"h": 2**101}, "n": "NaN"}
     # a result may repeat a column name (joins): each column keeps its own values
     twice = "SELECT 1.5::DECIMAL(4,2) AS a, 2 AS a, TIMESTAMPTZ '2026-11-21 00:00:00+00' AS t, DATE '2026-11-22' AS t"
     r = run("sql", twice, "--data-dir", "data", "--format", "csv", cwd=tmp_path)
