@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from recorder import checks
 from recorder.candles.backfill import backfill as run_backfill
 from recorder.candles.build import build_candles
 from recorder.candles.intervals import DEFAULT_INTERVALS, parse_intervals
@@ -129,25 +130,18 @@ def watch(
 ) -> None:
     """Live candles in the terminal: history from the exchange's klines, then live trades (Ctrl-C exits)."""
     sim_options = {"rate": sim_rate} if sim else None
+
+    def go() -> None:
+        checks.positive(duration, "--duration")  # 0 or less would stop before the first candle
+        checks.positive(sim_rate, "--sim-rate", "events per second")
+        asyncio.run(
+            run_watch(exchange, symbol, interval, ws_url, rest_url, sim_options, duration, rows, max_candles, grace)
+        )
+
     try:
         from recorder.candles.watch import watch as run_watch
 
-        _guard(
-            lambda: asyncio.run(
-                run_watch(
-                    exchange,
-                    symbol,
-                    interval,
-                    ws_url,
-                    rest_url,
-                    sim_options,
-                    duration,
-                    rows,
-                    max_candles,
-                    grace,
-                )
-            )
-        )
+        _guard(go)
     except KeyboardInterrupt:  # before the signal handlers are in place
         raise typer.Exit(0) from None
 
