@@ -26,8 +26,8 @@ import aiohttp
 from recorder import exchanges
 from recorder.candles.backfill import RATE_LIMIT, STEP_MINUTES, SUPPORTED, fetch_klines, windows
 from recorder.candles.intervals import EPOCH, INTERVALS
-from recorder.candles.live import ENDS_COVERAGE, Candle, CandleUpdate, LiveCandles, LiveStats
-from recorder.collector import Collector, Options
+from recorder.candles.live import Candle, CandleUpdate, LiveCandles, LiveStats, ends_coverage
+from recorder.collector import Collector, Options, now_us
 from recorder.errors import RecorderError
 from recorder.model import TRADES
 from recorder.symbols import normalize
@@ -201,7 +201,8 @@ class CandlesFeed:
     @property
     def coverage(self) -> list[tuple[datetime, datetime | None]]:
         """When the trade stream was subscribed (local clock), within the kept window: [start, end);
-        None: still live. A disconnect, error or gap ends a span; candles overlapping a hole are incomplete."""
+        None: still live. A disconnect, error or gap ends a span, a hung socket's at its last frame;
+        candles overlapping a hole are incomplete."""
         return [(_utc(s), None if e is None else _utc(e)) for s, e in self.engine.spans if s is not None]
 
     @property
@@ -235,15 +236,17 @@ class CandlesFeed:
             log.exception("candles feed %s %s: trades not applied", self.exchange, self.symbol)
 
     def _on_event(self, _stream: object, row: tuple) -> None:
-        _ts, _recv, channel, event, _detail = row
+        ts, _recv, channel, event, detail = row
         if channel != TRADES:
             return
         if event == "subscribed":
             self._live.set()
-        elif event in ENDS_COVERAGE:
+        elif ends_coverage(event, detail):
             self._live.clear()
-        try:  # the local clock at delivery (= the event's own time), the clock `tick` reads too
-            self._publish(self.engine.on_event(event, self._now()))
+        try:  # the event's own time on the feed's clock (the one `tick` reads): about its delivery,
+            # but a `stale stream` verdict is stamped back at the last frame, seconds earlier
+            t = self._now() - max(0, now_us() - ts)
+            self._publish(self.engine.on_event(event, t, detail))
         except Exception:
             log.exception("candles feed %s %s: event not applied", self.exchange, self.symbol)
 

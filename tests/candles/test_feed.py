@@ -360,3 +360,63 @@ def test_closing_by_time_makes_flat_candles_only_where_the_feed_watched():
     ]
     assert all(u.candle.close == 10.0 and u.candle.volume == 0 for u in updates)
     assert live.repair_due(6 * MIN + 5 * S, 0) == [2 * MIN, 3 * MIN, 4 * MIN]  # incomplete or missing
+
+
+# ---- a hung socket (issue 7) ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(45)
+async def test_hung_socket_turns_the_silent_seconds_incomplete():
+    """The socket goes silent (open TCP, no frame, no pong) while the market trades on. Meanwhile the
+    clock closes the silent seconds as flat candles, complete so far; the `stale stream` verdict ends
+    coverage back at the last frame received, so every candle overlapping the silence turns
+    incomplete and those emitted complete are re-emitted (reason `gap`)."""
+    clock = Clock(lead=30.0)  # the feed's clock is not the collector's: the verdict's stamp is converted
+    sim = BitmartSpotSim(symbols=[BTC], seed=13, rate=300)
+    sim.market.clock = clock.ms  # exchange time = the feed's clock
+    await sim.start()
+    feed = CandlesFeed(
+        "bitmart", "BTC-USDT", "1s", ws_url=sim.ws_url, rest_url=sim.rest_url, grace=0.3, history=False,
+        clock=clock.seconds,
+    )  # fmt: skip
+    updates: list = []
+    consumer = asyncio.create_task(collect(feed, updates))
+    try:
+        await feed.start()
+        await asyncio.sleep(2.5)  # the watchdog learns a busy rate
+        # hang once everything sent has arrived: every trade made from then on is one the feed never sees
+        sim.pause()
+        await sim.drain()
+        await wait_for(lambda: feed.stats.trades == len(sim.sent_trades(BTC)), 3, "the feed to catch up")
+        sim.go_dead()
+        hung_at = int(clock.seconds() * S)  # the last frame arrived before this
+        sim.resume()
+        await wait_for(lambda: feed.reconnects >= 1 and feed.live, 25, "the verdict and a reconnect")
+        await asyncio.sleep(1.0)
+    finally:
+        await feed.stop()
+        await sim.stop()
+        sim.revive()
+    await asyncio.wait_for(consumer, 2)
+
+    spans = feed.coverage
+    back = us(spans[-1][0])  # the new subscription
+    lost = min(hung_at, us(spans[0][1]))  # the silence starts at the last frame received
+    sent = {id(t) for t in sim.sent_trades(BTC)}
+    unsent = [t.ts_ms * 1000 for t in sim.truth_trades(BTC) if id(t) not in sent]
+    missed = [ts for ts in unsent if lost <= ts < back]
+    assert len(missed) >= 20, f"the market hardly traded during the silence ({len(missed)} trades)"
+    df = us_index(feed.candles)
+    hole = [b for b in df.index if b < back and b + S > lost]
+    assert len(hole) >= 3, hole
+    assert not df.loc[hole].complete.any(), df.loc[hole]
+    for b in df.index[df.complete]:
+        assert not [ts for ts in missed if b <= ts < b + S], f"complete candle {b} misses undelivered trades"
+    # the seconds the clock closed during the silence were emitted complete, then re-emitted incomplete
+    emitted_complete = {us(u.candle.open_time) for _, u in updates if u.candle.complete} & set(hole)
+    assert len(emitted_complete) >= 2, "no candle closed complete during the silence: the test proves nothing"
+    for b in emitted_complete:
+        last = [u for _, u in updates if us(u.candle.open_time) == b][-1]
+        assert (last.reason, last.candle.complete) == ("gap", False), (b, last)
+    # one hole, from the last frame received (not from the verdict) to the new subscription
+    assert len(spans) == 2 and hung_at - S < us(spans[0][1]) <= hung_at, spans
