@@ -17,7 +17,11 @@ HANG_SECONDS = 5.0  # a hung server answers nothing for this long on the sockets
 
 
 def _symbol(sim, rng: random.Random) -> str:
-    return rng.choice(sim.trading_symbols)
+    """A symbol whose book someone is subscribed to (so the fault is seen), else any."""
+    watched = sorted(
+        {t.split(":", 1)[1] for c in sim.open_connections for t in c.topics if t.startswith("spot/depth/")}
+    )
+    return rng.choice([s for s in watched if s in sim.trading_symbols] or sim.trading_symbols)
 
 
 def _gap(sim, rng: random.Random) -> str:
