@@ -453,6 +453,10 @@ def test_compaction_rebuilds_no_candles_and_leaves_candle_files_alone(two_days):
     for interval in ("1m", "1d"):
         assert_same(built(con, interval), reference(trades + late, INTERVALS[interval]))
 
+    # a merged file merged again (its footer nests the first merge's inputs): still nothing to do
+    assert compact_data_dir(data_dir).files_in == 2
+    assert build_candles(data_dir).actions == []
+
 
 def test_many_small_streams_build_fast_and_exact(tmp_path):
     """200 streams of a few trades (issue 7: 11.7 s, per-stream overhead): each stream's candles are
