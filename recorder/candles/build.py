@@ -83,8 +83,8 @@ from recorder.candles.state import (
 )
 from recorder.lake import check_data_dir, scan_table
 from recorder.model import SCHEMAS, TRADES
-from recorder.storage.layout import partition_dir
-from recorder.storage.sink import DAY_US, recover, replace_partition_files
+from recorder.storage.layout import partition_dir, unique_name
+from recorder.storage.sink import DAY_US, recover, replace_partition_files, write_parquet_atomic
 from recorder.symbols import normalize
 
 __all__ = [  # the builder, and names other modules have imported from here
@@ -658,7 +658,11 @@ class Job:
     old: list[Path]
 
     def run(self) -> None:
-        path = replace_partition_files(self.directory, self.table, self.old)
+        if self.old:
+            path = replace_partition_files(self.directory, self.table, self.old)
+        else:  # nothing to replace: a crash leaves at worst a file the manifest does not list, which
+            # the next build removes (see `publish`), so the marker and its two fsyncs are not needed
+            path = write_parquet_atomic(self.table, self.directory / unique_name()) if self.table.num_rows else None
         if self.name is not None:
             self.out.groups[self.name][0] = path.name if path else None
 

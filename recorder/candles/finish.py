@@ -72,7 +72,7 @@ class FinishInputs:
 
 def finish_table(raw: dict[str, pa.Table], inputs: FinishInputs, recv_us: int) -> pa.Table:
     """The date's rows in the `candles` schema, every interval of `inputs.intervals`."""
-    parts: list[pa.Table] = []
+    parts: list[tuple[str, pa.Table, np.ndarray]] = []
     for iv in inputs.intervals:
         width = INTERVALS[iv]
         tbl = raw.get(iv, empty_raw())
@@ -84,12 +84,20 @@ def finish_table(raw: dict[str, pa.Table], inputs: FinishInputs, recv_us: int) -
             continue
         b = tbl.column("b").to_numpy()
         complete = complete_mask(b, width, inputs.spans if inputs.has_events else [])
-        parts.append(candle_rows(iv, tbl, complete, recv_us))
-    return pa.concat_tables(parts) if parts else SCHEMAS["candles"].empty_table()
+        parts.append((iv, tbl, complete))
+    if not parts:
+        return SCHEMAS["candles"].empty_table()
+    if len(parts) == 1:
+        return candle_rows(*parts[0], recv_us)
+    # one conversion for all intervals: per-interval conversions cost more than the rows of a small stream
+    interval = pa.array(np.repeat([iv for iv, _, _ in parts], [t.num_rows for _, t, _ in parts]))
+    raw_all = pa.concat_tables([t.cast(RAW_SCHEMA) for _, t, _ in parts])
+    return candle_rows(interval, raw_all, np.concatenate([c for _, _, c in parts]), recv_us)
 
 
-def candle_rows(interval: str, raw: pa.Table, complete: np.ndarray, recv_us: int) -> pa.Table:
-    """Raw candles of one interval in the `candles` schema (`ts` = `open_time`, `recv_ts` = build time)."""
+def candle_rows(interval: str | pa.Array, raw: pa.Table, complete: np.ndarray, recv_us: int) -> pa.Table:
+    """Raw candles of one interval (or of `interval[i]` for row i) in the `candles` schema (`ts` =
+    `open_time`, `recv_ts` = build time)."""
     schema = SCHEMAS["candles"]
     n = raw.num_rows
     ts = raw.column("b").cast(schema.field("ts").type)
@@ -97,7 +105,7 @@ def candle_rows(interval: str, raw: pa.Table, complete: np.ndarray, recv_us: int
     values = {
         "ts": ts,
         "recv_ts": pa.repeat(pa.scalar(recv_us, pa.int64()), n).cast(schema.field("recv_ts").type),
-        "interval": pa.repeat(interval, n),
+        "interval": pa.repeat(interval, n) if isinstance(interval, str) else interval,
         "open_time": ts,
         "vwap": pc.if_else(pc.greater(volume, 0), pc.divide(raw.column("quote_volume"), volume), None),
         "complete": pa.array(complete, pa.bool_()),
