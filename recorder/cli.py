@@ -195,7 +195,9 @@ def status(
     from recorder.status import disk_usage, status_report
 
     def go() -> None:
-        cols, rows, skipped = status_report(data_dir, date)
+        from recorder.checks import utc_date
+
+        cols, rows, skipped = status_report(data_dir, utc_date(date))
         t = Table(*cols, title=Text(f"recorder status · {data_dir} · {date or 'today (UTC)'}"))
         for r in rows:  # Text: a detail like "[Errno 28]" is data, not rich markup
             t.add_row(*(Text("" if v is None else str(v)) for v in r))

@@ -173,6 +173,7 @@ def test_exchange_names_are_stored_lower_case_and_share_the_stream_lock(tmp_path
         (("simulate", "bitmart", "--fault", "gap", "--fault-every", "0"), "--fault-every"),
         (("compact", "--date", "2026-13-45"), "--date '2026-13-45' is not a date"),
         (("compact", "--date", "yesterday"), "YYYY-MM-DD"),
+        (("status", "--date", "2026-13-45"), "--date '2026-13-45' is not a date"),
         (("candles", "watch", "bitmart", "BTC-USDT", "--sim", "--duration", "0"), "--duration"),
         (("candles", "watch", "bitmart", "BTC-USDT", "--sim", "--sim-rate", "-1"), "--sim-rate"),
     ],
