@@ -1,12 +1,14 @@
 """The notebooks in notebooks/ run top to bottom against one shared simulator recording and draw plots.
 
-One recording (~20 s from the built-in simulator, via the real CLI) is made per session and handed to
-every notebook through RECORDER_NB_DATA, so 01 skips its own recording step. Each notebook runs in a
+One recording (~20 s from the built-in simulator, via the real CLI) is made per test run, even with
+several xdist workers, and handed to every notebook through RECORDER_NB_DATA, so 01 skips its own
+recording step. Each notebook runs in a
 fresh `python3` kernel of this interpreter (checked), headless.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -19,7 +21,6 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
-pytestmark = pytest.mark.xdist_group("notebooks")  # one worker, so one recording for all three
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 RECORD_SECONDS = 20
 PROBE = "import sys; print(sys.prefix)"  # prepended in memory: which Python the kernel really is
@@ -27,12 +28,20 @@ PROBE = "import sys; print(sys.prefix)"  # prepended in memory: which Python the
 
 @pytest.fixture(scope="session")
 def recording(tmp_path_factory):
-    data = tmp_path_factory.mktemp("nbdata")
-    subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "run", "bitmart", "BTC-USDT", "ETH-USDT", "--sim",
-         "--duration", str(RECORD_SECONDS), "--data-dir", str(data), "-q"],
-        check=True, capture_output=True, timeout=RECORD_SECONDS + 40,
-    )
+    # xdist workers each have a session: the first to take the lock records, the others reuse it
+    # (a directory shared by this run's workers only; `xdist_group` is a no-op with pytest 9).
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    data, done = root / "nbdata", root / "nbdata.done"
+    with open(root / "nbdata.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held at most as long as the recording below
+        if not done.exists():
+            subprocess.run(
+                [sys.executable, "-m", "recorder.cli", "run", "bitmart", "BTC-USDT", "ETH-USDT", "--sim",
+                 "--duration", str(RECORD_SECONDS), "--data-dir", str(data), "-q"],
+                check=True, capture_output=True, timeout=RECORD_SECONDS + 40,
+            )
+            done.touch()
     assert any(data.glob("trades/*/*/*/*.parquet")), "the simulator recording wrote no trades"
     old = os.environ.get("RECORDER_NB_DATA")
     os.environ["RECORDER_NB_DATA"] = str(data)  # the kernels inherit it
