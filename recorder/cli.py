@@ -145,9 +145,14 @@ def compact(
     from recorder.storage.compact import compact_data_dir
 
     def go() -> None:
+        from recorder.lake import check_data_dir
+
         day = checks.utc_date(date)
+        check_data_dir(data_dir)
         res = compact_data_dir(data_dir, tables=table or None, date=day, include_today=include_today)
         err.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows")
+        for s in res.skipped:  # left in place: one greppable line each
+            err.print(f"warning: left alone {s.path}: {s.reason}", highlight=False, soft_wrap=True)
 
     _guard(go)
 

@@ -226,6 +226,23 @@ def test_candle_build_ignores_damaged_trade_files(tmp_path):
     assert q.stdout.splitlines()[1] == "10,203.0"
 
 
+def test_compact_leaves_damaged_files_alone_and_merges_the_rest(tmp_path):
+    data = lake(tmp_path / "data")
+    bad = damage(data)
+    damaged = {p: p.read_bytes() for p in (bad["truncated"], bad["wrong"])}
+    c = run("compact", "--data-dir", str(data), cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    for path in [*damaged, bad["notadate"]]:
+        assert str(path) in c.stderr  # each one named, on a warning line
+    assert "compacted 1 partitions: 2 files -> 1, 10 rows" in c.stderr
+    for path, content in damaged.items():
+        assert path.read_bytes() == content  # neither merged nor deleted
+    assert len([p for p in (data / "trades" / PART).glob("*.parquet") if p not in damaged]) == 1
+    q = run("sql", "SELECT count(*) AS n FROM trades", "--data-dir", str(data), "--format", "csv", cwd=tmp_path)
+    assert q.stdout.split() == ["n", "10"]
+    one_line_error(run("compact", "--data-dir", str(tmp_path / "nope"), cwd=tmp_path), "does not exist")
+
+
 def test_book_rebuild_skips_damaged_files(tmp_path, caplog):
     from recorder.bookreplay import rebuild_book
 

@@ -15,7 +15,7 @@ cheap appends): compaction leaves it alone.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.errors import RecorderError
+from recorder.lake import Skipped, check_files, partition_problem
 from recorder.model import SCHEMAS
 from recorder.storage.checkpoint import merge_sources, read_sources, run_is_alive, sources_metadata
 from recorder.storage.sink import recover, replace_partition_files
@@ -40,6 +41,7 @@ class CompactResult:
     files_in: int = 0
     files_out: int = 0
     rows: int = 0
+    skipped: list[Skipped] = field(default_factory=list)  # damaged files left in place, untouched
 
 
 def sort_for_storage(table: str, tbl: pa.Table) -> pa.Table:
@@ -52,9 +54,17 @@ def sort_for_storage(table: str, tbl: pa.Table) -> pa.Table:
     return tbl.take(order)
 
 
-def compact_partition(directory: Path, table: str) -> tuple[int, int]:
-    """Merge all `*.parquet` files of one partition directory. Returns (files in, rows)."""
-    files = sorted(directory.glob("*.parquet"))
+def compact_partition(directory: Path, table: str, skipped: list[Skipped] | None = None) -> tuple[int, int]:
+    """Merge the readable `*.parquet` files of one partition directory. Returns (files in, rows).
+
+    A damaged file (unreadable, wrong schema: see `recorder.lake`) is left where it is, untouched and
+    reported in `skipped`: compaction must neither fail on it nor fold it into good data."""
+    files = []
+    for path, problem in check_files(table, [str(f) for f in sorted(directory.glob("*.parquet"))]).items():
+        if problem is None:
+            files.append(Path(path))
+        elif skipped is not None:
+            skipped.append(Skipped(table, path, problem))
     if len(files) <= 1:
         return 0, 0
     inputs = [[f.name, *_stat(f), read_lineage(f)] for f in files]  # before reading: as listed
@@ -95,10 +105,13 @@ def compact_data_dir(
         raise RecorderError(f"cannot compact table(s) {', '.join(unknown)}; choose from {choices}")
     for table in tables or [t for t in SCHEMAS if t not in DERIVED]:
         for part in sorted((root / table).glob("exchange=*/symbol=*/date=*")):
+            if (problem := partition_problem("date", part.name)) is not None:
+                res.skipped.append(Skipped(table, str(part), problem))
+                continue
             d = part.name.removeprefix("date=")
             if (date and d != date) or (d >= today and not include_today and not date):
                 continue
-            n, rows = compact_partition(part, table)
+            n, rows = compact_partition(part, table, res.skipped)
             if n:
                 res.partitions += 1
                 res.files_in += n
