@@ -60,7 +60,13 @@ async def record(
         console = Console(stderr=True)
         collector = Collector(exchange, symbols, opts)
         check_writable(opts.data_dir)
-        recovered = await asyncio.to_thread(recover_data_dir, opts.data_dir, console.print)
+        try:
+            recovered = await asyncio.to_thread(recover_data_dir, opts.data_dir, console.print)
+        except OSError as exc:  # e.g. the disk is still full: nothing is lost, the raw logs stay
+            raise RecorderError(
+                f"cannot recover crashed run(s) into {opts.data_dir}: {exc.strerror or exc}; "
+                "their raw logs are kept and the next start tries again"
+            ) from None
         if recovered.runs:
             console.print(f"recovered {recovered.rows:,} rows of {recovered.runs} crashed run(s) from raw logs")
         await collector.prepare()
