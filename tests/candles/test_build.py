@@ -471,11 +471,12 @@ def test_many_small_streams_build_fast_and_exact(tmp_path):
             write_trades(tmp_path, batch, symbol=sym)
             streams.setdefault(sym, []).extend(batch)
         write_events(tmp_path, [(T0 - MIN, "subscribed"), (T0 + 2 * DAY, "stop")], symbol=sym)
-    report = build_candles(tmp_path)
+    report = build_candles(tmp_path)  # its speed is measured by bench_candles.py --many-symbols
     assert report.count("full") == len({(a[1], a[2]) for a in report.actions}) >= 200
-    assert report.seconds < 6.0, report.seconds  # 27 s before on this loaded 2-core machine, ~2 s after
     con = recorder.connect(tmp_path)
-    for sym, trades in streams.items():
+    counts = dict(con.sql("SELECT symbol, sum(trades) FROM candles WHERE interval = '1d' GROUP BY 1").fetchall())
+    assert counts == {sym: len(trades) for sym, trades in streams.items()}  # no stream's trades in another's
+    for sym in sorted(streams)[::8]:  # 25 streams compared in full with the independent reference
         for interval in ("1s", "1m", "4h", "1d"):
-            assert_same(built(con, interval, symbol=sym), reference(trades, INTERVALS[interval]))
+            assert_same(built(con, interval, symbol=sym), reference(streams[sym], INTERVALS[interval]))
     assert build_candles(tmp_path).actions == []
