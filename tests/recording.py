@@ -50,6 +50,13 @@ async def start(collector: Collector) -> asyncio.Task:
     return asyncio.create_task(collector.run())
 
 
+async def quiesce(sim: BitmartSpotSim) -> None:
+    """Freeze the market and let what was sent reach the recorder."""
+    sim.pause()
+    await sim.drain()
+    await asyncio.sleep(0.5)  # the recorder reads what is in flight
+
+
 async def finish(collector: Collector, sim: BitmartSpotSim, task: asyncio.Task) -> None:
     """Freeze the market, let the recorder catch up with the truth, stop it cleanly."""
     sim.pause()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-RECORDER = shutil.which("recorder", path=str(Path(sys.executable).parent)) or "recorder"
+from .processes import RECORDER
 
 
 def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -2,21 +2,18 @@
 and every trade the simulator sent is in the tables in the order it was sent, except the last moments
 before each kill (the raw log's durability window); the tables also equal a full replay of the raw logs.
 
-The helpers here compare with the simulator's own truth (what it wrote to each socket), run in this
-test's event loop, while the recorders are real `recorder run` subprocesses.
+The helpers (tests/processes.py) compare with the simulator's own truth (what it wrote to each socket),
+run in this test's event loop, while the recorders are real `recorder run` subprocesses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 
 from recorder import connect
@@ -24,87 +21,8 @@ from recorder.bookreplay import rebuild_book
 from recorder.replay import CRASH_DETAIL, replay
 from recorder.sim.bitmart import BitmartSpotSim
 
-from .recording import SYMBOLS
-from .test_cli import RECORDER
-
-TABLES = {
-    "trades": "ts, recv_ts, side, price, amount",
-    "book_updates": "recv_ts, seq, side, price, amount",
-    "book_snapshots": "recv_ts, seq",
-    "events": "ts, channel, event, detail",
-}
-
-Key = tuple[int, str, float, float]  # a trade's content: (ts in us, side, price, amount)
-
-
-def sent_to(sim: BitmartSpotSim, wire: str, conns: list) -> list[Key]:
-    """What the simulator wrote to these connections (one recorder process's), in send order."""
-    return [(t.ts_ms * 1000, t.side, t.price_f, t.size_f) for c in conns for t in sim.sent_trades(wire, c)]
-
-
-def sent_count(sim: BitmartSpotSim, conns: list) -> int:
-    return min(len(sent_to(sim, wire, conns)) for wire in SYMBOLS.values())
-
-
-def stored_trades(data: Path, user: str) -> list[Key]:
-    """A symbol's trades in arrival order: by receive time (recovered files are written later than
-    the rows they hold were received), then file and row order (one frame's trades share recv_ts)."""
-    files = sorted((data / "trades" / "exchange=bitmart" / f"symbol={user}").glob("date=*/*.parquet"))
-    if not files:
-        return []
-    return duckdb.connect().execute(
-        "select epoch_us(ts), side, price, amount from read_parquet(?, filename = true, file_row_number = true) "
-        "order by recv_ts, filename, file_row_number",
-        [[str(f) for f in files]],
-    ).fetchall()
-
-
-def common_prefix(a: list, b: list) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
-async def spawn(data: Path, sim: BitmartSpotSim, *extra: str, timeout: float = 30) -> asyncio.subprocess.Process:
-    """`recorder run` of SYMBOLS from `sim` into `data`; returns once it captures frames (a new raw log)."""
-    raw = data / "raw"
-    before = set(raw.rglob("*.zst"))
-    proc = await asyncio.create_subprocess_exec(
-        RECORDER, "run", "bitmart", *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
-        "--data-dir", str(data), "--flush-interval", "1", "-q", *extra,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + timeout
-    while not set(raw.rglob("*.zst")) - before:
-        if proc.returncode is not None or time.monotonic() > deadline:
-            await stop(proc, signal.SIGKILL)
-            raise AssertionError(f"recorder did not start: {(await proc.stderr.read()).decode()}")
-        await asyncio.sleep(0.05)
-    return proc
-
-
-async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 30) -> str:
-    """Signal the recorder and wait for it (bounded); returns its stderr."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return err.decode()
-
-
-async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        RECORDER, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, err.decode()
+from .processes import TABLES, common_prefix, run_cli, sent_count, sent_to, spawn, stop, stored_trades
+from .recording import SYMBOLS, quiesce
 
 
 async def test_repeated_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, sim):
@@ -129,9 +47,7 @@ async def test_repeated_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, s
         deadline = time.monotonic() + 30
         while sent_count(sim, sim.connections[known:]) < 300 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        sim.pause()
-        await sim.drain()
-        await asyncio.sleep(0.5)  # the recorder reads what is in flight
+        await quiesce(sim)
     finally:
         err = await stop(final)
     assert final.returncode == 0, err

@@ -21,9 +21,8 @@ from recorder.errors import RecorderError
 from recorder.replay import replay
 from recorder.runner import record
 
-from .recording import SYMBOLS, books_valid, finish, options, start, wait_for
-from .test_crash import run_cli, sent_to, spawn, stop, stored_trades
-from .test_replay import MIN_TRADES, assert_equals_truth, sent_each
+from .processes import assert_equals_truth, run_cli, sent_each, sent_to, spawn, stop, stored_trades
+from .recording import MIN_TRADES, SYMBOLS, books_valid, finish, options, quiesce, start, wait_for
 
 
 @pytest.fixture
@@ -99,9 +98,7 @@ async def test_full_disk_at_stop_loses_nothing_that_reached_the_recorder(tmp_pat
         await wait_for(lambda: sent_each(sim) >= 50, 30, "trades")
         ballast = fill(disk)
         await wait_for(lambda: sent_each(sim) >= MIN_TRADES, 30, "trades")
-        sim.pause()
-        await sim.drain()
-        await asyncio.sleep(0.5)  # the recorder reads what is in flight
+        await quiesce(sim)
     finally:
         err = await stop(proc)
     assert proc.returncode == 2, err

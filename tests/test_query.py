@@ -10,9 +10,7 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +23,8 @@ import recorder
 from recorder.errors import RecorderError
 from recorder.model import SCHEMAS
 
-RECORDER = shutil.which("recorder", path=str(Path(sys.executable).parent)) or "recorder"
+from .processes import RECORDER
+
 T0 = int(datetime(2026, 11, 21, 10, 0, tzinfo=UTC).timestamp() * 1_000_000)
 PART = "exchange=bitmart/symbol=BTC-USDT/date=2026-11-21"
 

@@ -4,43 +4,11 @@ nothing."""
 
 from __future__ import annotations
 
-import asyncio
-
-from recorder import connect
-from recorder.bookreplay import rebuild_book
 from recorder.collector import Collector
 from recorder.replay import replay
 
-from .recording import SYMBOLS, books_valid, finish, options, start, wait_for
-from .test_crash import TABLES, run_cli, sent_to, spawn, stop, stored_trades
-
-MIN_TRADES = 300  # per symbol: a loss of one trade in a hundred must show
-
-
-def table_rows(data) -> dict[str, list[tuple]]:
-    con = connect(data)
-    return {
-        t: con.execute(f"select * exclude (date) from {t} order by symbol, {order}").fetchall()
-        for t, order in TABLES.items()
-    }
-
-
-def assert_equals_truth(data, sim) -> None:
-    """Trades exactly as sent, in order; books exactly the simulator's."""
-    for user, wire in SYMBOLS.items():
-        sent = sent_to(sim, wire, sim.connections)
-        assert len(sent) >= MIN_TRADES, f"{user}: only {len(sent)} trades sent"
-        got = stored_trades(data, user)
-        assert got == sent, f"{user}: {len(got)} stored vs {len(sent)} sent, first difference at " + str(
-            next((i for i, (a, b) in enumerate(zip(got, sent, strict=False)) if a != b), min(len(got), len(sent)))
-        )
-        version, bids, asks = sim.truth_book(wire)
-        book = rebuild_book(data, "bitmart", user)
-        assert (book.seq, book.bids, book.asks) == (version, bids, asks), user
-
-
-def sent_each(sim) -> int:
-    return min(len(sent_to(sim, w, sim.connections)) for w in SYMBOLS.values())
+from .processes import assert_equals_truth, run_cli, sent_each, spawn, stop, table_rows
+from .recording import MIN_TRADES, SYMBOLS, books_valid, finish, options, quiesce, start, wait_for
 
 
 async def test_replay_equals_truth_and_is_exactly_once(tmp_path, sim):
@@ -82,9 +50,7 @@ async def test_replay_into_a_running_recordings_dir_adds_nothing(tmp_path, sim):
         assert rc == 0, err
         assert "skipped" in err and "still recording" in err
         await wait_for(lambda: sent_each(sim) >= MIN_TRADES, 30, "trades")
-        sim.pause()
-        await sim.drain()
-        await asyncio.sleep(0.5)  # the recorder reads what is in flight
+        await quiesce(sim)
     finally:
         err = await stop(proc)
     assert proc.returncode == 0, err
