@@ -71,7 +71,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last, still, started = -1, 0.0, time.monotonic()
     while True:  # wait until the simulator has sent the whole tape (frame count stops moving)
-        msg = parent.recv()
+        msg = _recv(parent, rec)
         frames = msg[1]
         if frames == last and frames > 0:
             still += 0.2
@@ -86,7 +86,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
     rec.returncode = os.waitstatus_to_exitcode(status)
     parent.send("report")
     while True:
-        msg = parent.recv()
+        msg = _recv(parent, rec)
         if isinstance(msg, dict):
             sent = msg
             break
@@ -97,6 +97,16 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
     if rec.returncode != 0:
         raise SystemExit(f"recorder failed: {err}")
     return measure(data, sent, usage, symbols, raw)
+
+
+def _recv(parent, rec: subprocess.Popen, timeout: float = 30.0):
+    """The simulator reports every 0.2 s: silence for `timeout` is a failed run, said in one line
+    (a blocking recv would hang the benchmark for good)."""
+    if not parent.poll(timeout):
+        if rec.poll() is None:
+            rec.kill()
+        raise SystemExit(f"the simulator process sent nothing for {timeout:g} s: benchmark run failed")
+    return parent.recv()
 
 
 def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
