@@ -44,8 +44,9 @@ def sim_process(conn, symbols: int, events: int) -> None:
                 frames = sum(c.frames_sent for c in sim.connections)
                 conn.send({"frames": frames, "trades": trades})
                 break
-            frames = sum(c.frames_sent for c in sim.connections)
-            conn.send(("progress", frames))
+            # binary (market data) bytes only: the recorder's keepalive pings and their pongs go on
+            # after the tape ends and must not look like data still flowing
+            conn.send(("progress", sum(c.bytes_sent for c in sim.connections)))
         await sim.stop()
 
     asyncio.run(main())
@@ -70,15 +71,15 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
         spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last, still, started = -1, 0.0, time.monotonic()
-    while True:  # wait until the simulator has sent the whole tape (frame count stops moving)
+    while True:  # wait until the simulator has sent the whole tape (data bytes stop moving)
         msg = _recv(parent, rec)
-        frames = msg[1]
-        if frames == last and frames > 0:
+        sent_bytes = msg[1]
+        if sent_bytes == last and sent_bytes > 0:
             still += 0.2
             if still >= 2.0:
                 break
         else:
-            last, still = frames, 0.0
+            last, still = sent_bytes, 0.0
         if time.monotonic() - started > 600:
             break
     rec.send_signal(signal.SIGTERM)  # stop the recorder first: the simulator closing would log disconnects
