@@ -252,6 +252,12 @@ class Dispatcher:
         for topic in self.topics:
             if channel is None or topic.channel == channel:
                 topic.stream.event(topic.channel, event, detail, t)
+        if event == ERROR and detail.startswith(STALE):
+            # a silence verdict: validity ended at the last frame, so no snapshot row may claim the
+            # book until a new one arrives (here, not in the Connection, so that replay agrees)
+            for topic in self.topics:
+                if topic.channel == BOOK:
+                    topic.stream.book.invalidate()
         if event in (CONNECT, DISCONNECT, STOP):
             for topic in self.topics:
                 topic.acked = False
@@ -451,6 +457,7 @@ class Connection:
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.frames, self.closed_why = 0, ""
+        self.refusals, self.retry_pending = 0, False  # a retry of the old socket's refusals is moot
         self.last_recv, self.last_frame_us = time.monotonic(), now_us()
         keepalive = asyncio.create_task(self._keepalive(ws))
         try:
@@ -558,7 +565,8 @@ class Connection:
             if todo:
                 await self._subscribe(todo)
         finally:
-            self.retry_pending = False
+            if self.ws is ws:  # a new socket has its own flag (reset in `_session`)
+                self.retry_pending = False
 
 
 class Collector:

@@ -28,6 +28,7 @@ import orjson
 
 from recorder import exchanges
 from recorder.collector import Dispatcher, Stream, Topic
+from recorder.lake import check_files, partition_problem
 from recorder.model import STOP
 from recorder.storage.checkpoint import (
     lock_held,
@@ -167,7 +168,9 @@ def replay(
     for n, parts in enumerate(groups):
         run = log_identity(parts[0])[0]
         source = _recording_dir(parts[0])
-        complete = source is None or not lock_held(source, run)  # before we take the lock ourselves
+        # before we take the lock ourselves; and only a connection's whole log is complete: replaying
+        # one date's folder must neither invent a crash nor mark rows that later parts continue
+        complete = (source is None or not lock_held(source, run)) and _whole_log(parts)
         with _run_lock(data_dir, run) as free:
             if not free:
                 res.skipped.append(f"{run}: still recording into {data_dir} (it publishes these rows itself)")
@@ -179,6 +182,19 @@ def replay(
         if progress:
             progress(n + 1, len(groups))
     return res
+
+
+def _whole_log(parts: list[Path]) -> bool:
+    """Are `parts` every part of their connection's log that lies beside them (all `date=` folders
+    of the raw dir's exchange folder), from part 0 on?"""
+    run, conn, _ = log_identity(parts[0])
+    siblings = set()
+    for p in parts[0].parent.parent.glob(f"*/*{SUFFIX}"):
+        with contextlib.suppress(ValueError):
+            if log_identity(p)[:2] == (run, conn):
+                siblings.add(p.resolve())
+    given = {p.resolve() for p in parts}
+    return log_identity(parts[0])[2] == 0 and siblings <= given
 
 
 @dataclass
@@ -236,7 +252,10 @@ def published_positions(
     for table in LIVE_TABLES:
         for user in users:
             base = partition_dir(data_dir, table, exchange, user, "x").parent
-            for f in base.glob("date=*/*.parquet"):
+            listed = [str(f) for f in base.glob("date=*/*.parquet") if partition_problem("date", f.parent.name) is None]
+            # a damaged file holds no rows any reader sees: its positions do not count (and it must
+            # not stop a start or a replay)
+            for f in (Path(p) for p, problem in check_files(table, listed).items() if problem is None):
                 for s in read_sources(f):
                     if s["run"] != run or s["conn"] != conn:
                         continue

@@ -1,9 +1,11 @@
 """`recorder sql` is read-only over the data dir: it never adds, replaces or deletes a file there.
 
-Two independent layers, so a gap in one is not a hole:
+Two layers. The statement allow-list is what keeps writes out of the data dir; DuckDB's own lock
+keeps everything else out (its allowed directories do not tell reading from writing, so inside the
+data dir it cannot refuse a write by itself):
 
 1. Statement allow-list (DuckDB's own parser, `duckdb.extract_statements`): only SELECT-like
-   statements (SELECT, WITH, FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE, PIVOT) and EXPLAIN
+   statements (SELECT, WITH, FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN
    of them run. COPY, EXPORT, ATTACH, SET/RESET, PRAGMA, INSTALL/LOAD, CREATE (which includes
    persistent secrets) and every other statement are refused before anything runs. With
    `--write`, COPY ... TO and EXPORT DATABASE are allowed too, to a local path outside the data

@@ -47,14 +47,9 @@ ORDER BY ALL
 """
 
 
-def stream_status(data_dir: str | Path, date: str | None = None) -> tuple[list[str], list[tuple]]:
-    """Column names and one row per (exchange, symbol, channel) recorded on `date` (UTC, default today)."""
-    cols, rows, _ = status_report(data_dir, date)
-    return cols, rows
-
-
 def status_report(data_dir: str | Path, date: str | None = None) -> tuple[list[str], list[tuple], list[Skipped]]:
-    """`stream_status`, plus the damaged files and stray directories the views left out."""
+    """Column names and one row per (exchange, symbol, channel) recorded on `date` (UTC, default
+    today), plus the damaged files and stray directories the views left out."""
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
     con, skipped = open_views(data_dir, warn=False)  # the caller lists them
     try:

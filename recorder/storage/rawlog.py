@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -43,11 +42,11 @@ _KEEP_SIZE = 0x01  # FALLOC_FL_KEEP_SIZE
 
 
 def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).fallocate
+    try:  # fallocate64: 64-bit offsets on 32-bit builds too (where plain fallocate takes a 32-bit off_t)
+        fn = ctypes.CDLL(None, use_errno=True).fallocate64
     except (OSError, AttributeError):
-        return None  # not Linux: no reserve
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return None  # not Linux/glibc: no reserve
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
 
@@ -210,6 +209,7 @@ class RawLog:
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._size)  # no torn frame left behind
+                self._reserved_end = self._size  # truncating freed the reserve too: top it up later
                 raise
             self._size += len(frame)
             self._reserve()
