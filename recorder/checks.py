@@ -10,18 +10,24 @@ import math
 from recorder.errors import RecorderError
 
 
+def parse_utc_date(text: str) -> dt.date | None:
+    """The date of a `YYYY-MM-DD` string as partitions spell it, else None (`fromisoformat` alone
+    also takes 20261121 and 2026-W47-6: partitions never do)."""
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        return None
+    return day if len(text) == 10 else None
+
+
 def utc_date(value: str | None, option: str = "--date") -> str | None:
     """A UTC date `YYYY-MM-DD` as the partitions spell it (None passes through).
 
     Used by `status`, `compact` and anything else that takes a `--date`."""
     if value is None:
         return None
-    text = value.strip()
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        raise RecorderError(f"{option} {value!r} is not a date: use YYYY-MM-DD (UTC), e.g. 2026-11-21") from None
-    if len(text) != 10:  # fromisoformat also takes 20261121 and 2026-W47-6: partitions never do
+    day = parse_utc_date(value.strip())
+    if day is None:
         raise RecorderError(f"{option} {value!r} is not a date: use YYYY-MM-DD (UTC), e.g. 2026-11-21")
     return day.isoformat()
 

@@ -10,7 +10,6 @@ never merged. Checking a file reads its footer (~0.1 ms); the verdict is remembe
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recorder.checks import parse_utc_date
 from recorder.errors import RecorderError
 from recorder.model import SCHEMAS
 
@@ -67,14 +67,8 @@ def partition_problem(key: str, name: str) -> str | None:
     prefix = f"{key}="
     if not name.startswith(prefix) or len(name) == len(prefix):
         return f"not a partition directory (expected {key}=...)"
-    if key == "date":
-        value = name[len(prefix) :]
-        try:
-            dt.date.fromisoformat(value)
-        except ValueError:
-            return f"partition date {value!r} is not a date (YYYY-MM-DD)"
-        if len(value) != 10:
-            return f"partition date {value!r} is not a date (YYYY-MM-DD)"
+    if key == "date" and parse_utc_date(value := name[len(prefix) :]) is None:
+        return f"partition date {value!r} is not a date (YYYY-MM-DD)"
     return None
 
 

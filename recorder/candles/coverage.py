@@ -42,23 +42,17 @@ class Coverage:
 
 
 def event_rows(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[list[list], int | None]:
-    """Coverage rows [start, end or None] of the trades channel and the latest event time."""
-    file_list = ", ".join(sql_str(p) for p in files)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{file_list}], "
-        f"hive_partitioning = true, hive_types = {HIVE_TYPES}) WHERE channel = 'trades'"
-    )
-    con.execute(COVERAGE_SQL.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
-    last_event = con.sql("SELECT epoch_us(max(ts)) FROM events").fetchall()[0][0]
-    rows = con.sql("SELECT epoch_us(start_ts), epoch_us(end_ts) FROM coverage ORDER BY start_ts").fetchall()
-    return [list(r) for r in rows], last_event
+    """Coverage rows [start, end or None] of one stream's trades channel and the latest event time."""
+    found = event_rows_many(con, files)
+    return next(iter(found.values())) if found else ([], None)
 
 
 def event_rows_many(
     con: duckdb.DuckDBPyConnection, files: list[Path]
 ) -> dict[str, tuple[list[list], int | None]]:
-    """`event_rows` of many streams in one pass, keyed "exchange/symbol" (a stream whose files hold
-    no trades-channel event is absent): per-query overhead, not work, dominates many small streams."""
+    """Coverage rows and latest event time of the trades channel of every stream in `files`, in one
+    pass, keyed "exchange/symbol" (a stream whose files hold no trades-channel event is absent):
+    per-query overhead, not work, dominates many small streams."""
     file_list = ", ".join(sql_str(p) for p in files)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{file_list}], "
