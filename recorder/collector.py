@@ -397,7 +397,7 @@ class Connection:
     index: int
     ws: aiohttp.ClientWebSocketResponse | None = None
     limiter: SendLimiter = field(init=False)
-    last_recv: float = 0.0  # monotonic time of the last frame received
+    last_recv: float = 0.0  # monotonic time of the watchdog tick that last saw a new frame
     last_frame_us: int = 0  # its receive time (the end of validity if the socket hangs)
     reconnects: int = 0
     frames: int = 0
@@ -478,12 +478,11 @@ class Connection:
             await self.send(msg)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        on_frame, clock = self.dispatcher.frame, time.monotonic
+        on_frame = self.dispatcher.frame
         BINARY, TEXT = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
         async for msg in ws:
             if msg.type is BINARY or msg.type is TEXT:
                 self.frames += 1
-                self.last_recv = clock()
                 self.last_frame_us = recv = time.time_ns() // 1000
                 on_frame(recv, msg.data)
             elif msg.type is aiohttp.WSMsgType.ERROR:
@@ -501,9 +500,12 @@ class Connection:
         ad, opt = self.collector.adapter, self.collector.options
         last_ping = time.monotonic()
         watch = SilenceWatch(opt, last_ping)
+        seen = self.frames
         while not ws.closed:
             await asyncio.sleep(WATCHDOG_TICK)
             now = time.monotonic()
+            if self.frames != seen:  # to a tick's precision, which `dead_within` allows for: no clock per frame
+                seen, self.last_recv = self.frames, now
             verdict = watch.tick(now, self.frames, self.last_recv)
             if verdict is PROBE:  # unusually quiet: ask the server whether it is still there
                 last_ping = now

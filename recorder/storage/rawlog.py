@@ -104,7 +104,6 @@ class RawLog:
         self.part = -1  # rotation index; the first file is part 0
         self.records = 0  # records in the current part (header included), buffered ones too
         self._buffered_records = 0
-        self.buffered_since: int | None = None  # receive time of the oldest record not yet written
         self._need_header = True  # the next record starts a part (first one, or after close/drop)
         self._part_start_us = 0
         self._opened = 0.0
@@ -160,9 +159,12 @@ class RawLog:
     def buffered_records(self) -> int:
         return self._buffered_records
 
+    @property
+    def buffered_since(self) -> int | None:
+        """Receive time of the oldest record not yet written (the first one in the buffer)."""
+        return _REC.unpack_from(self._buf, 0)[0] if self._buf else None
+
     def _append(self, t: int, kind: int, data: bytes) -> None:
-        if not self._buffered_records:
-            self.buffered_since = t
         self.records += 1
         self._buffered_records += 1
         buf = self._buf
@@ -216,7 +218,6 @@ class RawLog:
             self._raw_bytes += len(self._buf)
             self._buf = bytearray()
             self._buffered_records = 0
-            self.buffered_since = None
 
     def drop_buffer(self) -> int:
         """Last resort when the disk refuses writes for too long: forget buffered records.
@@ -228,7 +229,6 @@ class RawLog:
         self.records -= self._buffered_records
         self._buf = bytearray()
         self._buffered_records = 0
-        self.buffered_since = None
         if self._fd is None:  # the header was dropped too
             self.part -= 1
             self._need_header = True
