@@ -57,13 +57,18 @@ async def quiesce(sim: BitmartSpotSim) -> None:
     await asyncio.sleep(0.5)  # the recorder reads what is in flight
 
 
-async def finish(collector: Collector, sim: BitmartSpotSim, task: asyncio.Task) -> None:
-    """Freeze the market, let the recorder catch up with the truth, stop it cleanly."""
+async def settle(collector: Collector, sim: BitmartSpotSim, timeout: float = 10) -> None:
+    """Freeze the market and wait until the recorder has received everything the simulator sent."""
     sim.pause()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while not await caught_up(collector, sim):
         assert time.monotonic() < deadline, "recorder did not catch up with the simulator"
         await asyncio.sleep(0.05)
+
+
+async def finish(collector: Collector, sim: BitmartSpotSim, task: asyncio.Task) -> None:
+    """Freeze the market, let the recorder catch up with the truth, stop it cleanly."""
+    await settle(collector, sim)
     collector.stop()
     await asyncio.wait_for(task, 10)
 

@@ -33,6 +33,10 @@ def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProce
     return subprocess.run([RECORDER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def sql_csv(data: Path, query: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run("sql", query, "--data-dir", str(data), "--format", "csv", cwd=cwd)
+
+
 def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
     assert p.returncode != 0, p.stdout
     assert "Traceback" not in p.stderr
@@ -175,15 +179,7 @@ def test_one_damaged_file_breaks_no_other_query(tmp_path):
     assert ev.stdout.split() == ["n", "2"]
     for path in bad.values():
         assert str(path) in ev.stderr  # every skip is a warning that names the path
-    tr = run(
-        "sql",
-        "SELECT count(*) AS n, typeof(any_value(price)) AS t, sum(price) AS s FROM trades",
-        "--data-dir",
-        str(data),
-        "--format",
-        "csv",
-        cwd=tmp_path,
-    )
+    tr = sql_csv(data, "SELECT count(*) AS n, typeof(any_value(price)) AS t, sum(price) AS s FROM trades", tmp_path)
     assert tr.returncode == 0, tr.stderr
     assert tr.stdout.splitlines()[1] == f"10,DOUBLE,{sum(range(100, 106)) + sum(range(200, 204))}.0"
     st = run("status", "--data-dir", str(data), "--date", "2026-11-21", cwd=tmp_path)
@@ -212,15 +208,7 @@ def test_candle_build_ignores_damaged_trade_files(tmp_path):
     assert b.returncode == 0, b.stderr
     for path in (bad["truncated"], bad["wrong"]):
         assert str(path) in b.stderr
-    q = run(
-        "sql",
-        "SELECT sum(trades) AS n, max(high) AS hi FROM candles WHERE interval = '1m'",
-        "--data-dir",
-        str(data),
-        "--format",
-        "csv",
-        cwd=tmp_path,
-    )
+    q = sql_csv(data, "SELECT sum(trades) AS n, max(high) AS hi FROM candles WHERE interval = '1m'", tmp_path)
     assert q.returncode == 0, q.stderr
     assert q.stdout.splitlines()[1] == "10,203.0"
 
@@ -310,15 +298,7 @@ def test_csv_and_json_are_exact(tmp_path):
 
 def test_recorded_sums_are_integers_in_csv(tmp_path):
     data = lake(tmp_path / "data")
-    c = run(
-        "sql",
-        "SELECT sum(CASE WHEN side = 'buy' THEN 1 ELSE 0 END) AS buys, count(*) AS n FROM trades",
-        "--data-dir",
-        str(data),
-        "--format",
-        "csv",
-        cwd=tmp_path,
-    )
+    c = sql_csv(data, "SELECT sum(CASE WHEN side = 'buy' THEN 1 ELSE 0 END) AS buys, count(*) AS n FROM trades", tmp_path)
     assert c.returncode == 0, c.stderr
     assert c.stdout.splitlines() == ["buys,n", "5,10"]
 
