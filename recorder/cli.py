@@ -12,9 +12,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from recorder import checks, exchanges
+from recorder import checks, venues
 from recorder.errors import RecorderError
-from recorder.model import CHANNELS
 
 app = typer.Typer(
     add_completion=False,
@@ -30,20 +29,23 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _channels(value: str) -> tuple[str, ...]:
-    chosen = tuple(c.strip().lower() for c in value.split(",") if c.strip())
-    bad = [c for c in chosen if c not in CHANNELS]
-    if bad or not chosen:
-        fail(f"unknown channel(s) {', '.join(bad) or '(none)'}; choose from {', '.join(CHANNELS)}")
-    return chosen
+def _channels(exchange: str, value: str | None) -> tuple[str, ...] | None:
+    """--channels, checked against what the venue offers (None: the venue's default channels)."""
+    from recorder.collector import channels_of
+
+    if value is None:
+        return None
+    return channels_of(exchange, tuple(c.strip().lower() for c in value.split(",") if c.strip()))
 
 
 @app.command()
 def run(
-    exchange: str = typer.Argument(..., help=f"one of: {', '.join(exchanges.names())}"),
+    exchange: str = typer.Argument(..., help=f"one of: {', '.join(venues.names())}"),
     symbols: list[str] = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where Parquet goes"),
-    channels: str = typer.Option("trades,book", "--channels", help="comma list of trades,book"),
+    channels: str | None = typer.Option(
+        None, "--channels", help="comma list of the venue's channels (default: all it offers; bitmart: trades,book)"
+    ),
     duration: float | None = typer.Option(None, "--duration", help="stop cleanly after this many seconds"),
     sim: bool = typer.Option(False, "--sim", help="record from the built-in simulator on 127.0.0.1"),
     sim_rate: float = typer.Option(50.0, "--sim-rate", help="with --sim: market events per second"),
@@ -65,7 +67,7 @@ def run(
         checks.positive(sim_rate, "--sim-rate", "events per second")
         opts = Options(
             data_dir=data_dir,
-            channels=_channels(channels),
+            channels=_channels(exchange, channels),
             duration=duration,
             ws_url=ws_url,
             rest_url=rest_url,

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import orjson
 
-from recorder import exchanges
-from recorder.collector import Dispatcher, Stream, Topic
+from recorder import venues
 from recorder.lake import check_files, partition_problem
-from recorder.model import STOP
+from recorder.model import CHANNEL_SPECS, STOP, Cause, legacy_cause, tables_for
+from recorder.session.dispatcher import Dispatcher, Topic
+from recorder.session.stream import Stream
+from recorder.venues.contract import Instrument
 from recorder.storage.checkpoint import (
     lock_held,
     read_sources,
@@ -59,7 +61,13 @@ _LOG_NAME = re.compile(r"^[^-]+-(?P<run>[^-]+)-c(?P<conn>\d+)p(?P<part>\d+)" + r
 Position = tuple[int, int]  # (part, records read in that part, header included)
 
 
-LIVE_TABLES = ("trades", "book_updates", "book_snapshots", "events")
+def header_tables(header: dict) -> tuple[str, ...]:
+    """The tables a connection's rows go to, from its raw-log header (format 1 headers name no
+    channels: their topics do)."""
+    channels = header.get("channels") or sorted({t[1] for t in header["topics"]})
+    return tables_for(c for c in channels if c in CHANNEL_SPECS)
+
+
 _EVERYTHING: Position = (1 << 62, 0)
 
 
@@ -114,7 +122,7 @@ class ConnectionReplay:
         """After the last part: a log without the recorder's clean stop gets a crash `stop`, 1 µs
         after its last record (so it orders after whatever that record caused)."""
         if self.dispatcher is not None and not self.clean_stop and self.last_t:
-            self.dispatcher.event(self.last_t + 1, None, STOP, CRASH_DETAIL)
+            self.dispatcher.event(self.last_t + 1, None, STOP, CRASH_DETAIL, Cause.CRASH)
 
     def _record(self, t: int, kind: int, payload: bytes) -> None:
         self.records += 1
@@ -130,8 +138,9 @@ class ConnectionReplay:
         if kind == FRAME:
             d.payload(t, payload)
         elif kind == EVENT:
-            channel, event, detail = orjson.loads(payload)
-            d.event(t, channel, event, detail)
+            channel, event, detail, *more = orjson.loads(payload)  # format 2 adds cause, topic
+            cause, topic = (more + [None, None])[:2]
+            d.event(t, channel, event, detail, cause if more else legacy_cause(event, detail), topic)
             self.clean_stop = event == STOP
         elif kind == TICK:
             d.tick(t)
@@ -139,15 +148,19 @@ class ConnectionReplay:
             d.frame(t, payload)
 
     def _dispatcher(self, header: dict) -> Dispatcher:
-        exchange = exchanges.canonical(header["exchange"])  # logs of older runs may say `BITMART`
-        adapter = exchanges.adapter(exchange)
-        topics = []
+        exchange = venues.canonical(header["exchange"])  # logs of older runs may say `BITMART`
+        venue = venues.venue(header.get("venue", exchange))
+        # the instruments of the live run (contract sizes included), not today's market list
+        listed = {d["symbol"]: Instrument.from_header(d) for d in header.get("instruments", ())}
+        topics, used = [], {}
         for name, channel, user, wire in header["topics"]:
+            inst = used[user] = listed.get(user) or used.get(user) or Instrument(user, wire)
             key = (exchange, user)
             if key not in self.streams:
-                self.streams[key] = Stream(self.sink, exchange, user, wire, getattr(adapter, "STALE_IS_GAP", False))
+                self.streams[key] = Stream(self.sink, exchange, inst, venue.sequence_policy())
             topics.append(Topic(name, channel, self.streams[key]))
-        return Dispatcher(adapter, topics, header.get("snapshot_depth", 20), rawlog=None)
+        codec = venue.codec(list(used.values()))
+        return Dispatcher(codec, topics, header.get("snapshot_depth", 20), rawlog=None, live=False)
 
 
 def replay(
@@ -215,9 +228,9 @@ def rederive(sink: ParquetSink, data_dir: Path, parts: list[Path], complete: boo
     if header is None:
         return Rederived()  # killed before the header reached the disk: nothing was recorded
     run, conn = log_identity(parts[0])[:2]
-    exchange = exchanges.canonical(header["exchange"])
+    exchange = venues.canonical(header["exchange"])
     users = sorted({t[2] for t in header["topics"]})
-    published = published_positions(data_dir, exchange, users, run, conn)
+    published = published_positions(data_dir, exchange, users, run, conn, header)
     # Keys written by an earlier complete re-derivation are dropped after the crash event is made;
     # live-published keys as soon as the replay passes their position.
     live = sorted(((k, pos) for k, (pos, rec) in published.items() if not rec), key=lambda kv: kv[1])
@@ -244,12 +257,12 @@ def rederive(sink: ParquetSink, data_dir: Path, parts: list[Path], complete: boo
 
 
 def published_positions(
-    data_dir: Path, exchange: str, users: list[str], run: str, conn: int
+    data_dir: Path, exchange: str, users: list[str], run: str, conn: int, header: dict
 ) -> dict[tuple[str, str, int], tuple[Position, bool]]:
     """For each (table, symbol, day number): the furthest raw-log position already in Parquet, and
     whether that file was written by a complete re-derivation (recovery or replay)."""
     out: dict[tuple[str, str, int], tuple[Position, bool]] = {}
-    for table in LIVE_TABLES:
+    for table in header_tables(header):
         for user in users:
             base = partition_dir(data_dir, table, exchange, user, "x").parent
             listed = [str(f) for f in base.glob("date=*/*.parquet") if partition_problem("date", f.parent.name) is None]

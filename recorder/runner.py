@@ -13,24 +13,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from recorder import exchanges
+from recorder import venues
 from recorder.collector import Collector, Options, Unwritten, check_writable
 from recorder.errors import RecorderError
 from recorder.query import open_views
 from recorder.recovery import recover_data_dir
 
-SIMULATORS = {"bitmart": "recorder.sim.bitmart:BitmartSpotSim"}
 # A simulator that users run for hours: bounded ground-truth logs, some kline history to backfill.
 LONG_RUNNING_SIM = {"record_sent": False, "trade_log_limit": 100_000, "history_minutes": 240}
 
 
 def simulator_class(exchange: str):
-    exchange = exchanges.canonical(exchange)  # unknown exchange -> the same clear error as `run`
-    spec = SIMULATORS.get(exchange)
-    if spec is None:
-        raise RecorderError(f"no simulator for {exchange!r} yet")
-    mod, _, name = spec.partition(":")
-    return getattr(__import__(mod, fromlist=[name]), name)
+    """The simulator front-end of `exchange` (unknown exchange: the same clear error as `run`)."""
+    return venues.simulator(exchange)
 
 
 async def record(

@@ -1,9 +1,8 @@
 """Exchange klines -> the `exchange_candles` table: paginated, rate-limited, resumable, idempotent.
 
-BitMart spot serves history at `GET /spot/quotation/v3/klines` (`step` in minutes, `after` and
-`before` in seconds, at most 200 rows a call, 10 calls per 2 s per IP). The range is cut into
-fixed windows of 200 candles; a window whose candles are all already stored is skipped (that is
-what makes an interrupted run resumable). Fetched rows are merged with the stored rows of the
+The venue says where its candle history is, how it pages and how fast it may be asked
+(`Venue.klines`). The range is cut into fixed windows of one page of candles; a window whose
+candles are all already stored is skipped (that is what makes an interrupted run resumable). Fetched rows are merged with the stored rows of the
 dates they touch, one row per (interval, open_time), newest fetch wins, and those partitions are
 replaced crash-safely: re-running over the same range never duplicates rows. Only closed candles
 are fetched: the range ends at the start of the current interval.
@@ -24,21 +23,18 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recorder import exchanges, symbols
+from recorder import instruments, venues
+from recorder.candles.intervals import INTERVALS
 from recorder.candles.state import STATE_DIR, duckdb_session, state_lock
 from recorder.errors import RecorderError
 from recorder.model import SCHEMAS
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import recover, replace_partition_files, rows_to_table, split_by_date
 from recorder.transport import SendLimiter, get_json, new_session
+from recorder.venues.contract import Instrument, Klines, VenueError
 
 TABLE = "exchange_candles"
-KLINES_PATH = "/spot/quotation/v3/klines"
-STEP_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240, "1d": 1440}
-PAGE_LIMIT = 200
-RATE_LIMIT = (10, 2.0)  # documented: 10 requests per 2 s per IP for /spot/quotation/v3/klines
 FLUSH_ROWS = 20_000  # rows buffered before the touched partitions are rewritten
-SUPPORTED = ("bitmart",)
 TimeLike = str | int | float | datetime
 
 
@@ -76,47 +72,56 @@ def parse_time(value: TimeLike) -> datetime:
         ) from None
 
 
-def windows(start_s: int, end_s: int, step_s: int) -> list[tuple[int, int]]:
-    """[start, end) cut into request windows of PAGE_LIMIT candles, open times in seconds."""
-    span = PAGE_LIMIT * step_s
+def windows(start_s: int, end_s: int, step_s: int, page: int) -> list[tuple[int, int]]:
+    """[start, end) cut into request windows of `page` candles, open times in seconds."""
+    span = page * step_s
     return [(t, min(t + span, end_s)) for t in range(start_s, end_s, span)]
+
+
+def klines_of(exchange: str, interval: str | None = None) -> Klines:
+    """The venue's kline endpoint; RecorderError if it has none (or not at `interval`)."""
+    venue = venues.venue(exchange)
+    kl = venue.klines
+    if kl is None:
+        have = [n for n in venues.names() if venues.venue(n).klines is not None]
+        raise RecorderError(f"{venue.name} serves no klines; backfill supports {', '.join(have)}")
+    if interval is not None and interval not in kl.intervals:
+        raise RecorderError(f"{venue.name} klines have no interval {interval!r}; use one of {', '.join(kl.intervals)}")
+    return kl
 
 
 async def fetch_klines(
     session: aiohttp.ClientSession,
+    exchange: str,
     rest_url: str,
-    wire: str,
+    inst: Instrument,
     interval: str,
     lo: int,
     hi: int,
-    exchange: str = "bitmart",
 ) -> list[tuple]:
-    """One request: the exchange's klines with open time in [lo, hi) seconds (at most PAGE_LIMIT).
+    """One request: the exchange's klines with open time in [lo, hi) seconds (at most one page).
 
     Rows are `exchange_candles` tuples (ts, recv_ts, interval, open_time, open, high, low, close,
-    volume, quote_volume, trades=None), times in epoch microseconds, sorted by open time. Shared by
+    volume, quote_volume, trades), times in epoch microseconds, sorted by open time. Shared by
     `backfill` and the live feed (`recorder.candles.feed`).
     """
-    params = {
-        "symbol": wire,
-        "step": STEP_MINUTES[interval],
-        "after": lo - 1,  # works whether the exchange treats after/before as strict or not
-        "before": hi - 1,
-        "limit": PAGE_LIMIT,
-    }
-    doc = await get_json(session, rest_url.rstrip("/") + KLINES_PATH, params)
-    if not isinstance(doc, dict) or doc.get("code") != 1000:
-        code, message = (doc.get("code"), doc.get("message")) if isinstance(doc, dict) else (None, doc)
-        raise RecorderError(f"{exchange} klines error {code}: {message}")
+    kl = klines_of(exchange, interval)
+    req = kl.request(inst, interval, lo, hi)
+    doc = await get_json(session, rest_url.rstrip("/") + req.path, dict(req.params))
+    try:
+        candles = kl.parse(doc, inst, interval)
+    except VenueError as exc:
+        raise RecorderError(f"{exchange} {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RecorderError(f"{exchange} klines: unexpected answer ({type(exc).__name__}: {exc})") from None
     recv_us = time.time_ns() // 1000
-    step_s = STEP_MINUTES[interval] * 60
+    step_s = INTERVALS[interval] // 1_000_000
     rows = []
-    for item in doc.get("data") or []:
-        t = int(item[0])
+    for k in candles:
+        t = k.open_time_s
         if lo <= t < hi and t % step_s == 0:
-            o, h, low, c, v, qv = (float(x) for x in item[1:7])
             us = t * 1_000_000
-            rows.append((us, recv_us, interval, us, o, h, low, c, v, qv, None))
+            rows.append((us, recv_us, interval, us, k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.trades))
     rows.sort(key=lambda r: r[0])
     return rows
 
@@ -129,7 +134,7 @@ def backfill(
     start: TimeLike | None = None,
     end: TimeLike | None = None,
     rest_url: str | None = None,
-    rate_limit: tuple[int, float] = RATE_LIMIT,
+    rate_limit: tuple[int, float] | None = None,
     progress: bool = False,
 ) -> BackfillReport:
     """Fetch the exchange's `interval` klines over [start, end) into `exchange_candles` (sync wrapper)."""
@@ -146,7 +151,7 @@ async def backfill_async(
     start: TimeLike | None = None,
     end: TimeLike | None = None,
     rest_url: str | None = None,
-    rate_limit: tuple[int, float] = RATE_LIMIT,
+    rate_limit: tuple[int, float] | None = None,
     progress: bool = False,
 ) -> BackfillReport:
     """Fetch the exchange's `interval` klines over [start, end) into `exchange_candles`.
@@ -154,10 +159,10 @@ async def backfill_async(
     `start` defaults to one day before `end`, `end` to now; both are rounded down to the interval.
     """
     job = _Job.create(data_dir, exchange, symbol, interval, start, end, rest_url)
-    limiter = SendLimiter(*rate_limit)
+    limiter = SendLimiter(*(rate_limit or klines_of(job.exchange).rate_limit))
     started = time.perf_counter()
     async with new_session() as session:
-        job.wire = await _wire_symbol(session, job.exchange, job.rest_url, job.symbol)
+        job.inst = await resolve_instrument(session, job.exchange, job.rest_url, job.symbol)
         with state_lock(job.root / TABLE / STATE_DIR), _bar(progress, len(job.windows)) as bar:
             recover(job.root / TABLE)
             await job.run(session, limiter, bar)
@@ -165,10 +170,10 @@ async def backfill_async(
     return job.report
 
 
-async def _wire_symbol(session: aiohttp.ClientSession, exchange: str, rest_url: str, symbol: str) -> str:
-    adapter = exchanges.adapter(exchange)
-    markets = await symbols.fetch_markets(session, adapter, rest_url)
-    return symbols.resolve([symbol], markets, exchange)[symbols.normalize(symbol)]
+async def resolve_instrument(session: aiohttp.ClientSession, exchange: str, rest_url: str, symbol: str) -> Instrument:
+    venue = venues.venue(exchange)
+    listed = await instruments.fetch_instruments(session, venue, rest_url)
+    return instruments.resolve([symbol], listed, venue.name)[0]
 
 
 @contextlib.contextmanager
@@ -191,7 +196,7 @@ class _Job:
     rest_url: str
     windows: list[tuple[int, int]]
     report: BackfillReport
-    wire: str = ""
+    inst: Instrument | None = None
     buffer: list[tuple] = field(default_factory=list)
 
     @classmethod
@@ -205,14 +210,9 @@ class _Job:
         end: TimeLike | None,
         rest_url: str | None,
     ) -> _Job:
-        exchange = exchanges.normalize(exchange)
-        if exchange not in SUPPORTED:
-            raise RecorderError(f"backfill supports {', '.join(SUPPORTED)}, not {exchange!r}")
-        if interval not in STEP_MINUTES:
-            raise RecorderError(
-                f"{exchange} klines have no interval {interval!r}; use one of {', '.join(STEP_MINUTES)}"
-            )
-        step_s = STEP_MINUTES[interval] * 60
+        exchange = venues.canonical(exchange)
+        kl = klines_of(exchange, interval)
+        step_s = INTERVALS[interval] // 1_000_000
         now_s = int(time.time())
         end_s = int(parse_time(end).timestamp()) if end is not None else now_s
         end_s = min(end_s, now_s) // step_s * step_s  # closed candles only
@@ -220,17 +220,16 @@ class _Job:
         start_s = start_s // step_s * step_s
         if start_s >= end_s:
             raise RecorderError("empty range: --start must be before --end (and before the current interval)")
-        user = symbols.normalize(symbol)
-        adapter = exchanges.adapter(exchange)
+        user = instruments.normalize(symbol)
         report = BackfillReport(
             exchange, user, interval, datetime.fromtimestamp(start_s, UTC), datetime.fromtimestamp(end_s, UTC)
         )
-        url = (rest_url or adapter.REST_URL).rstrip("/")
-        return cls(Path(data_dir), exchange, user, interval, url, windows(start_s, end_s, step_s), report)
+        url = (rest_url or venues.venue(exchange).endpoints.rest_url).rstrip("/")
+        return cls(Path(data_dir), exchange, user, interval, url, windows(start_s, end_s, step_s, kl.page_limit), report)
 
     @property
     def step_s(self) -> int:
-        return STEP_MINUTES[self.interval] * 60
+        return INTERVALS[self.interval] // 1_000_000
 
     async def run(self, session: aiohttp.ClientSession, limiter: SendLimiter, bar: Progress | None) -> None:
         stored = self.stored_open_times()
@@ -252,7 +251,8 @@ class _Job:
     async def fetch(self, session: aiohttp.ClientSession, lo: int, hi: int) -> list[tuple]:
         """One page: rows with open time in [lo, hi), as `exchange_candles` row tuples."""
         self.report.requests += 1
-        rows = await fetch_klines(session, self.rest_url, self.wire, self.interval, lo, hi, self.exchange)
+        assert self.inst is not None
+        rows = await fetch_klines(session, self.exchange, self.rest_url, self.inst, self.interval, lo, hi)
         self.report.rows_fetched += len(rows)
         return rows
 

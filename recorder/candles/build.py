@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recorder import exchanges
+from recorder import venues
 from recorder.candles.aggregate import (
     FINE,
     RAW_COLUMNS,
@@ -85,7 +85,7 @@ from recorder.lake import check_data_dir, scan_table
 from recorder.model import SCHEMAS, TRADES
 from recorder.storage.layout import partition_dir, unique_name
 from recorder.storage.sink import DAY_US, recover, replace_partition_files, write_parquet_atomic
-from recorder.symbols import normalize
+from recorder.instruments import normalize
 
 __all__ = [  # the builder, and names other modules have imported from here
     "DEFAULT_INTERVALS",
@@ -139,7 +139,7 @@ def build_candles(
     started = time.perf_counter()
     root = check_data_dir(data_dir)  # missing or not a directory: one clear error naming it
     wanted = parse_intervals(intervals)
-    exchange = exchanges.normalize(exchange) if exchange else None
+    exchange = venues.normalize(exchange) if exchange else None
     symbol = normalize(symbol) if symbol else None
     report = BuildReport()
     with state_lock(root / "candles" / STATE_DIR):

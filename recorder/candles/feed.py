@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from recorder import exchanges
-from recorder.candles.backfill import RATE_LIMIT, STEP_MINUTES, SUPPORTED, fetch_klines, windows
+from recorder import venues
+from recorder.candles.backfill import fetch_klines, windows
 from recorder.candles.intervals import EPOCH, INTERVALS
 from recorder.candles.live import Candle, CandleUpdate, LiveCandles, LiveStats, ends_coverage
 from recorder.collector import Collector, Options, now_us
 from recorder.errors import RecorderError
+from recorder.venues.contract import Instrument
 from recorder.model import TRADES
-from recorder.symbols import normalize
+from recorder.instruments import normalize
 from recorder.transport import SendLimiter, new_session
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class CandlesFeed:
             raise ValueError("max_candles must be at least 1")
         if grace < 0:
             raise ValueError("grace must not be negative")
-        self.exchange = exchanges.normalize(exchange)
+        self.exchange = venues.normalize(exchange)
         self.symbol = normalize(symbol)
         self.interval = interval
         self.max_candles = max_candles
@@ -95,14 +96,15 @@ class CandlesFeed:
         self.queue_size = queue_size
         self.start_timeout = start_timeout
         self.engine = LiveCandles(INTERVALS[interval], max_candles, int(grace * 1e6))
-        # the exchange serves klines of this interval (BitMart: whole minutes only)
-        self.has_klines = interval in STEP_MINUTES and self.exchange in SUPPORTED
+        self.klines = venues.venue(self.exchange).klines  # unknown exchange: RecorderError here
+        # the exchange serves klines of this interval
+        self.has_klines = self.klines is not None and interval in self.klines.intervals
         self.dropped_updates = 0  # updates a slow `async for` consumer never saw (oldest dropped)
         self.backfilled = 0
         self._collector: Collector | None = None
-        self._wire = ""
+        self._inst: Instrument | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._limiter = SendLimiter(*RATE_LIMIT)
+        self._limiter = SendLimiter(*(self.klines.rate_limit if self.klines is not None else (1, 1.0)))
         self._run: asyncio.Task | None = None
         self._clock_task: asyncio.Task | None = None
         self._repairing: asyncio.Task | None = None
@@ -134,7 +136,7 @@ class CandlesFeed:
             await collector.prepare()
             self._collector = collector
             stream = collector.streams[self.symbol]
-            self._wire = stream.wire
+            self._inst = stream.inst
             stream.trade_listeners.append(self._on_trades)
             stream.event_listeners.append(self._on_event)
             self.engine.begin(self._now())
@@ -306,12 +308,13 @@ class CandlesFeed:
     async def _fetch(self, lo_us: int, hi_us: int) -> list[tuple]:
         """Exchange candles (open_time_us, o, h, l, c, volume, quote_volume) with open time in [lo, hi)."""
         assert self._session is not None and self._collector is not None
-        step_s = STEP_MINUTES[self.interval] * 60
+        assert self.klines is not None and self._inst is not None
+        step_s = INTERVALS[self.interval] // 1_000_000
         out: list[tuple] = []
-        for a, z in windows(lo_us // 1_000_000, hi_us // 1_000_000, step_s):
+        for a, z in windows(lo_us // 1_000_000, hi_us // 1_000_000, step_s, self.klines.page_limit):
             await self._limiter.acquire()
             rows = await fetch_klines(
-                self._session, self._collector.rest_url, self._wire, self.interval, a, z, self.exchange
+                self._session, self.exchange, self._collector.rest_url, self._inst, self.interval, a, z
             )
             out += [(r[3], *r[4:10]) for r in rows]
         return out

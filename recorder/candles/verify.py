@@ -21,12 +21,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from recorder import exchanges
+from recorder import venues
 from recorder.candles.backfill import TimeLike, parse_time
 from recorder.candles.intervals import INTERVALS
 from recorder.errors import RecorderError
 from recorder.query import connect
-from recorder.symbols import normalize
+from recorder.instruments import normalize
 
 FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "trades")
 RTOL = 1e-9
@@ -114,7 +114,7 @@ def verify(
     if interval not in INTERVALS:
         raise RecorderError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
     sym = normalize(symbol)
-    exchange = exchanges.normalize(exchange)
+    exchange = venues.normalize(exchange)
     result = VerifyResult(exchange, sym, interval)
     con = connect(data_dir)
     try:

@@ -174,8 +174,11 @@ class RawLog:
     def sent(self, t: int, text: str) -> None:
         self.frame(t, text, SENT)
 
-    def event(self, t: int, channel: str | None, event: str, detail: str) -> None:
-        self.frame(t, orjson.dumps([channel, event, detail]), EVENT)
+    def event(
+        self, t: int, channel: str | None, event: str, detail: str, cause: str | None = None, topic: str | None = None
+    ) -> None:
+        """An EVENT record: `[channel, event, detail, cause, topic]` (format 1 logs hold the first three)."""
+        self.frame(t, orjson.dumps([channel, event, detail, cause, topic]), EVENT)
 
     def tick(self, t: int) -> None:
         self.frame(t, b"", TICK)

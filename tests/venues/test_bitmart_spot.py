@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recorder.model import Ack, BookMessage, Pong, ProtocolError, TradeBatch
-from recorder.protocols import bitmart_spot as bm
+from recorder.venues import bitmart_spot as bm
+from recorder.venues.bitmart_spot import BitmartSpot
+from recorder.venues.contract import Instrument
 
 
 def deflate(obj: dict | bytes) -> bytes:
@@ -74,9 +76,11 @@ def test_zlib_and_gzip_wrapped_frames_are_accepted_too():
 
 def test_garbage_becomes_errors_not_exceptions():
     assert bm.parse_frame(b"\x00\x01not deflate")[0].code == "decode"
+    assert bm.parse_frame(b"\x00\x01not deflate")[0].kind == "decode"
     assert bm.parse_frame(deflate(b"{not json"))[0].code == "decode"
     bad = {"table": "spot/depth/increase100", "data": [{"symbol": "BTC_USDT", "type": "update"}]}
     assert bm.parse_frame(deflate(bad))[0].code == "parse"
+    assert bm.parse_frame(deflate(bad))[0].kind == "parse"
 
 
 def test_deflate_bomb_is_capped():
@@ -101,12 +105,16 @@ def test_markets_map_only_trading_symbols():
         "code": 1000,
         "data": {
             "symbols": [
-                {"symbol": "BTC_USDT", "base_currency": "BTC", "quote_currency": "USDT", "trade_status": "trading"},
+                {"symbol": "BTC_USDT", "base_currency": "BTC", "quote_currency": "USDT", "trade_status": "trading",
+                 "price_max_precision": 2, "base_min_size": "0.00001"},
                 {"symbol": "NEW_USDT", "base_currency": "NEW", "quote_currency": "USDT", "trade_status": "pre-trade"},
             ]
         },
     }
-    assert bm.parse_markets(doc) == {"BTC-USDT": "BTC_USDT"}
+    page = bm.parse_markets(doc)
+    assert page.next is None
+    assert page.instruments == [Instrument("BTC-USDT", "BTC_USDT", price_tick="0.01", size_step="0.00001")]
+    assert [i.symbol for i in BitmartSpot().parse_markets(doc).instruments] == ["BTC-USDT"]
 
 
 decimals = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("10000000"), places=8, allow_nan=False)

@@ -1,9 +1,12 @@
-"""Book engine: the documented BitMart version rules, gaps, crossed books, replayable rows."""
+"""Book engine: sequence policies (BitMart's version chain, the strict default, a restart rule),
+gaps, crossed books, replayable rows."""
 
 from __future__ import annotations
 
-from recorder.book import BookSync, Outcome
 from recorder.model import BookMessage
+from recorder.session.book import BookSync, Outcome
+from recorder.venues.bitmart_spot import VersionChain
+from recorder.venues.contract import Verdict
 
 
 def msg(seq, bids=(), asks=(), snap=False, ts=1):
@@ -12,7 +15,7 @@ def msg(seq, bids=(), asks=(), snap=False, ts=1):
 
 def test_version_chain_snapshot_apply_stale_gap():
     rows: list = []
-    s = BookSync(rows)
+    s = BookSync(rows, VersionChain())
     assert s.on_message(msg(5, [(10.0, 1.0)], [(11.0, 1.0)]), 0) is Outcome.WAITING
     assert s.on_message(msg(4, [(10.0, 1.0)], [(11.0, 2.0)], snap=True), 0) is Outcome.SNAPSHOT
     assert s.on_message(msg(4), 0) is Outcome.STALE  # heartbeat repeats the version
@@ -41,7 +44,32 @@ def test_best_prices_follow_deletes_and_inserts():
     assert s.book.top(1) == ([(9.0, 1.0)], [(10.5, 2.0)])
 
 
-def test_peatio_rule_backwards_is_gap():
-    s = BookSync([], stale_is_gap=True)
+def test_version_chain_duplicated_update_is_out_of_order_and_empty_push_drops():
+    s = BookSync([], VersionChain())
     s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
-    assert s.on_message(msg(3), 0) is Outcome.GAP
+    assert s.on_message(msg(4, [], []), 0) is Outcome.APPLIED  # an empty push that advances: no rows, seq moves
+    assert s.seq == 4 and s.valid
+    assert s.on_message(msg(4, [], []), 0) is Outcome.STALE  # repeated empty push (heartbeat)
+    assert s.on_message(msg(4, [(1.5, 1.0)]), 0) is Outcome.OUT_OF_ORDER
+    assert not s.valid and s.gaps == 0  # not a gap: nothing was skipped
+
+
+def test_strict_default_rule_repeat_is_out_of_order_ahead_is_gap():
+    s = BookSync([])
+    s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
+    assert s.on_message(msg(3), 0) is Outcome.OUT_OF_ORDER
+    s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
+    assert s.on_message(msg(5), 0) is Outcome.GAP and s.expected == 4
+
+
+class BackwardsIsRestart:
+    def check(self, local, m):
+        return Verdict.GAP if m.seq > local else Verdict.RESTART if m.seq < local else Verdict.OUT_OF_ORDER
+
+
+def test_policy_restart_verdict():
+    s = BookSync([], BackwardsIsRestart())
+    s.on_message(msg(30, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
+    assert s.on_message(msg(2, [(1.0, 2.0)]), 0) is Outcome.RESTART
+    assert not s.valid
+    assert s.book.bids == {1.0: 1.0}  # nothing applied

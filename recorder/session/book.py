@@ -1,8 +1,10 @@
-"""The one order-book engine for every exchange: snapshots, updates, sequence checks, crossed books.
+"""The one order-book engine for every venue: snapshots, updates, sequence checks, crossed books.
 
 `BookSync` applies `BookMessage`s to an `OrderBook`, appends the `book_updates` rows of every
-message it accepts, and tells the caller when the book needs a fresh snapshot. It never does I/O:
-the collector turns a `NEED_RESYNC` into the exchange's own resync request.
+message it accepts, and tells the caller when the book needs a fresh snapshot. The venue's
+`SequencePolicy` decides what a message whose seq is not local + 1 means; the engine asks it only
+then, so the hot path pays nothing for it. It never does I/O: the dispatcher turns a `NEED_RESYNC`
+into a `Resync` intent, and the venue into its own resync messages.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import heapq
 from enum import Enum
 
 from recorder.model import BookMessage
+from recorder.venues.contract import SequencePolicy, Verdict
 
 _UNKNOWN = None  # cached best price must be recomputed
 
@@ -75,22 +78,33 @@ class OrderBook:
 class Outcome(Enum):
     APPLIED = "applied"  # rows were appended
     SNAPSHOT = "snapshot"  # a snapshot replaced the book (rows appended)
-    STALE = "stale"  # seq <= local (e.g. BitMart spot heartbeat): dropped, nothing to write
+    STALE = "stale"  # the policy says drop (a heartbeat repeating the version): nothing to write
     WAITING = "waiting"  # no valid book yet: dropped until the next snapshot
     GAP = "gap"  # seq jumped: book invalid, resync needed
     CROSSED = "crossed"  # applying left best bid >= best ask: book invalid, resync needed
+    OUT_OF_ORDER = "out_of_order"  # a duplicated or backwards update: book invalid, resync needed
+    RESTART = "restart"  # the sequence went back (engine restart): book invalid, resync needed
 
 
-NEED_RESYNC = (Outcome.GAP, Outcome.CROSSED)
+NEED_RESYNC = (Outcome.GAP, Outcome.CROSSED, Outcome.OUT_OF_ORDER, Outcome.RESTART)
+_BY_VERDICT = {Verdict.OUT_OF_ORDER: Outcome.OUT_OF_ORDER, Verdict.RESTART: Outcome.RESTART}
+
+
+class StrictIncrement:
+    """The default rule: every update advances the sequence by exactly one; anything ahead is a
+    gap, anything else came out of order."""
+
+    def check(self, local: int, msg: BookMessage) -> Verdict:
+        return Verdict.GAP if msg.seq is not None and msg.seq > local else Verdict.OUT_OF_ORDER
 
 
 class BookSync:
     """Sequence validation for one symbol's incremental book.
 
-    Rules (BitMart spot/futures): a snapshot replaces the book; `seq <= local` is dropped;
-    `local + 1` applies; anything else is a gap. With `stale_is_gap` (Peatio), a sequence that
-    does not advance by exactly one is always a gap. Rows of every accepted message go to `rows`
-    as (ts, recv_ts, seq, is_snapshot, side, price, amount), the `book_updates` column order.
+    A snapshot replaces the book; `local + 1` applies (an empty update too: it only advances the
+    sequence); anything else is the venue policy's call (drop, gap, out of order, restart). Rows
+    of every accepted message go to `rows` as (ts, recv_ts, seq, is_snapshot, side, price, amount),
+    the `book_updates` column order.
     """
 
     __slots__ = (
@@ -98,22 +112,20 @@ class BookSync:
         "rows",
         "seq",
         "valid",
-        "stale_is_gap",
+        "policy",
         "last_ts",
-        "last_recv",
         "expected",
         "snapshots",
         "gaps",
     )
 
-    def __init__(self, rows: list[tuple], stale_is_gap: bool = False) -> None:
+    def __init__(self, rows: list[tuple], policy: SequencePolicy | None = None) -> None:
         self.book = OrderBook()
         self.rows = rows
         self.seq: int | None = None
         self.valid = False
-        self.stale_is_gap = stale_is_gap
+        self.policy: SequencePolicy = policy if policy is not None else StrictIncrement()
         self.last_ts = 0
-        self.last_recv = 0
         self.expected: int | None = None  # what the failing message should have carried
         self.snapshots = 0
         self.gaps = 0  # sequence gaps and crossed books seen
@@ -125,14 +137,16 @@ class BookSync:
         if not self.valid:
             return Outcome.WAITING
         seq = msg.seq
-        if seq is not None and self.seq is not None:
-            if seq <= self.seq and not self.stale_is_gap:
+        if seq is not None and self.seq is not None and seq != self.seq + 1:
+            verdict = self.policy.check(self.seq, msg)
+            if verdict is Verdict.DROP:
                 return Outcome.STALE
-            if seq != self.seq + 1:
+            self.valid = False
+            if verdict is Verdict.GAP:
                 self.expected = self.seq + 1
-                self.valid = False
                 self.gaps += 1
                 return Outcome.GAP
+            return _BY_VERDICT[verdict]
         self.book.apply(msg.bids, msg.asks)
         self.seq = seq
         self._emit(msg, recv_ts, False)
@@ -156,7 +170,7 @@ class BookSync:
 
     def _emit(self, msg: BookMessage, recv_ts: int, snap: bool) -> None:
         ts, seq, rows = msg.ts, msg.seq, self.rows
-        self.last_ts, self.last_recv = ts, recv_ts
+        self.last_ts = ts
         for p, q in msg.bids:
             rows.append((ts, recv_ts, seq, snap, "bid", p, q))
         for p, q in msg.asks:

@@ -1,42 +1,16 @@
-"""Network plumbing shared by every exchange: REST with retries, send-rate limits, backoff."""
+"""REST for every venue: JSON GETs with retries (429 with Retry-After, 5xx, connection errors)."""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-from collections import deque
 
 import aiohttp
 import orjson
 
 from recorder.errors import RecorderError
+from recorder.transport.limits import backoff_delay
 
 USER_AGENT = "recorder/0.1 (+market-data recorder)"
-
-
-class SendLimiter:
-    """At most `count` sends per sliding `window` seconds (exchanges disconnect above their cap)."""
-
-    def __init__(self, count: int, window: float) -> None:
-        self.count, self.window = count, window
-        self._sent: deque[float] = deque()
-
-    async def acquire(self) -> None:
-        while True:
-            now = time.monotonic()
-            while self._sent and now - self._sent[0] >= self.window:
-                self._sent.popleft()
-            if len(self._sent) < self.count:
-                self._sent.append(now)
-                return
-            await asyncio.sleep(self.window - (now - self._sent[0]) + 0.001)
-
-
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform in [base, min(cap, base * 2**attempt)]."""
-    hi = min(cap, base * (2 ** min(attempt, 16)))
-    return random.uniform(base, max(base, hi))
 
 
 def retry_after_seconds(resp: aiohttp.ClientResponse, default: float) -> float:

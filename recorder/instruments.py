@@ -1,0 +1,54 @@
+"""Instruments: user symbols (`BTC-USDT`, any case) <-> the venue's markets, from its own market list."""
+
+from __future__ import annotations
+
+import difflib
+
+import aiohttp
+
+from recorder.errors import RecorderError
+from recorder.transport import get_json
+from recorder.venues.contract import Instrument, Venue, VenueError
+
+MAX_MARKET_PAGES = 100  # a paging market list longer than this is a misbehaving server
+
+
+def normalize(symbol: str) -> str:
+    s = symbol.strip().upper().replace("/", "-").replace("_", "-")
+    if s.count("-") != 1 or not all(s.split("-")):
+        raise RecorderError(f"symbol {symbol!r} is not of the form BASE-QUOTE (e.g. BTC-USDT)")
+    return s
+
+
+def resolve(requested: list[str], instruments: list[Instrument], exchange: str) -> list[Instrument]:
+    """The instruments of the user's symbols, in their order, once each; unknown ones are refused
+    with close matches."""
+    by_symbol = {i.symbol: i for i in instruments}
+    out: dict[str, Instrument] = {}
+    for raw in requested:
+        user = normalize(raw)
+        inst = by_symbol.get(user)
+        if inst is None:
+            close = difflib.get_close_matches(user, list(by_symbol), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise RecorderError(f"unknown symbol {raw!r} on {exchange}{hint}")
+        out[user] = inst
+    return list(out.values())
+
+
+async def fetch_instruments(session: aiohttp.ClientSession, venue: Venue, rest_url: str) -> list[Instrument]:
+    """Every trading instrument of the venue's market list (following its pages)."""
+    base = rest_url.rstrip("/")
+    req = venue.markets_request()
+    out: list[Instrument] = []
+    for _ in range(MAX_MARKET_PAGES):
+        doc = await get_json(session, base + req.path, dict(req.params) or None)
+        try:
+            page = venue.parse_markets(doc)
+        except (VenueError, KeyError, TypeError, ValueError) as exc:
+            raise RecorderError(f"unexpected market list from {rest_url}: {exc}") from None
+        out += page.instruments
+        if page.next is None:
+            return out
+        req = page.next
+    raise RecorderError(f"market list from {rest_url} has more than {MAX_MARKET_PAGES} pages")

@@ -1,0 +1,237 @@
+"""Everything a connection does with what it receives, minus the socket.
+
+Live connections and `recorder replay` drive the same `Dispatcher`: frames and connection-level
+events go in (with their recorded times), rows and events come out, and what the session wants
+next (a `Resync` of a book, a retry of refused subscriptions) goes to its outbox, `intents`. A live
+connection carries the intents out (the venue words them); replay keeps no outbox, since the
+answers are already in the log. With a raw log, every input is captured before it is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from recorder.model import (
+    BOOK,
+    CONNECT,
+    DISCONNECT,
+    ERROR,
+    GAP,
+    RESYNC,
+    STOP,
+    SUBSCRIBED,
+    TRADES,
+    Ack,
+    BookMessage,
+    Cause,
+    DerivativeTicker,
+    HeldTopics,
+    ProtocolError,
+    TradeBatch,
+)
+from recorder.session.book import NEED_RESYNC, Outcome
+from recorder.session.stream import Stream
+from recorder.storage.rawlog import BADFRAME, RawLog
+from recorder.venues.contract import Codec, Intent, Resync
+
+log = logging.getLogger("recorder")
+
+STALE = "stale stream"  # how a silence verdict's `error` detail starts (logs from before `cause` say only this)
+
+
+@dataclass
+class Topic:
+    """One subscribed wire topic of a connection, with the session's bookkeeping for it."""
+
+    name: str
+    channel: str
+    stream: Stream
+    acked: bool = False
+    sent_at: float = 0.0  # monotonic time its last subscribe went out
+    resync_since: float | None = None  # a snapshot is awaited since (monotonic), book topics only
+    resync_tries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Session-internal intent: the exchange refused subscriptions still awaiting their ack."""
+
+
+def _detail(m: ProtocolError) -> str:
+    return f"{m.code}: {m.message}" if m.code else m.message
+
+
+class Dispatcher:
+    """Routes one connection's records to its streams; book outcomes become events and intents."""
+
+    def __init__(self, codec: Codec, topics: list[Topic], depth: int, rawlog: RawLog | None, live: bool = True) -> None:
+        self.topics = topics
+        self.depth = depth
+        self.rawlog = rawlog
+        self.live = live  # replay keeps no outbox
+        self.intents: list[Intent | Refused] = []
+        self._decode, self._decode_errors, self._parse = codec.decode, codec.decode_errors, codec.parse
+        self.by_topic = {t.name: t for t in topics}
+        self.book_by_wire = {t.stream.wire: t for t in topics if t.channel == BOOK}
+        self.trades_by_wire = {t.stream.wire: t.stream for t in topics if t.channel == TRADES}
+        self.other = {(t.channel, t.stream.wire): t.stream for t in topics if t.channel not in (BOOK, TRADES)}
+        self.errors = 0
+
+    def take_intents(self) -> list[Intent | Refused]:
+        out, self.intents = self.intents, []
+        return out
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def frame(self, recv: int, frame: bytes | str) -> None:
+        try:
+            raw = self._decode(frame)
+        except self._decode_errors as exc:
+            if self.rawlog is not None:
+                self.rawlog.frame(recv, frame, BADFRAME)
+            self._on_error(ProtocolError(f"undecodable frame: {exc}", code="decode", kind="decode"), recv)
+            return
+        if self.rawlog is not None:
+            self.rawlog.frame(recv, raw)
+        self.payload(recv, raw)
+
+    def payload(self, recv: int, raw: bytes | str) -> None:
+        trades_by_wire = self.trades_by_wire
+        for m in self._parse(raw):
+            if type(m) is BookMessage:
+                self._on_book(m, recv)
+            elif type(m) is TradeBatch:
+                s = trades_by_wire.get(m.symbol)
+                if s is not None:
+                    s.on_trades(m, recv)
+            elif type(m) is DerivativeTicker:
+                s = self.other.get((m.channel, m.symbol))
+                if s is not None:
+                    s.on_ticker(m, recv)
+            elif type(m) is Ack:
+                self._on_ack(m, recv)
+            elif type(m) is HeldTopics:
+                self._on_held(m, recv)
+            elif type(m) is ProtocolError:
+                self._on_error(m, recv)
+
+    def event(
+        self,
+        t: int,
+        channel: str | None,
+        event: str,
+        detail: str = "",
+        cause: str | None = None,
+        topic: str | None = None,
+    ) -> None:
+        """A connection-level event (connect, disconnect, watchdog error, stop) for its streams, or
+        for one topic's stream only."""
+        if self.rawlog is not None:
+            self.rawlog.event(t, channel, event, detail, cause, topic)
+        for tp in self.topics:
+            if (channel is None or tp.channel == channel) and (topic is None or tp.name == topic):
+                tp.stream.event(tp.channel, event, detail, t, cause)
+        if event == ERROR and (cause == Cause.STALE or (cause is None and detail.startswith(STALE))):
+            # a silence verdict: validity ended at the last frame, so no snapshot row may claim the
+            # book until a new one arrives (here, not in the Connection, so that replay agrees)
+            for tp in self.topics:
+                if tp.channel == BOOK:
+                    tp.stream.book.invalidate()
+        if event in (CONNECT, DISCONNECT, STOP):
+            for tp in self.topics:
+                tp.acked = False
+                if tp.channel == BOOK:
+                    tp.stream.book.invalidate()
+                    tp.resync_since = None
+                elif tp.channel == TRADES:
+                    tp.stream.arm_replay_guard()
+
+    def tick(self, t: int) -> None:
+        """The book_snapshots cadence (logged, so replay writes the same snapshot rows)."""
+        if self.rawlog is not None:
+            self.rawlog.tick(t)
+        for topic in self.book_by_wire.values():
+            topic.stream.snapshot_row(self.depth, t)
+
+    def resync(self, topic: Topic) -> None:
+        """Ask for a fresh snapshot of a book topic (its book is already invalid)."""
+        if self.live:
+            self.intents.append(Resync(topic.name))
+
+    # -- handling -----------------------------------------------------------------------------
+
+    def _on_book(self, m: BookMessage, recv: int) -> None:
+        topic = self.book_by_wire.get(m.symbol)
+        if topic is None:
+            return
+        if m.ts is None:  # the venue gives no event time: the receive time stands in
+            m.ts = recv
+        s = topic.stream
+        was_valid = s.book.valid
+        outcome = s.book.on_message(m, recv)
+        if outcome is Outcome.APPLIED or outcome is Outcome.WAITING or outcome is Outcome.STALE:
+            return
+        if outcome is Outcome.SNAPSHOT:
+            topic.resync_since, topic.resync_tries = None, 0
+            if s.book.valid:
+                why = "replaces valid book" if was_valid else "starts book"
+                s.event(BOOK, RESYNC, f"snapshot seq={m.seq} {why}", recv)
+                s.snapshot_row(self.depth, recv)
+            else:
+                s.event(BOOK, ERROR, f"crossed snapshot seq={m.seq}", recv, Cause.CROSSED)
+                self.resync(topic)
+            return
+        if outcome in NEED_RESYNC:
+            if outcome is Outcome.GAP:
+                s.event(BOOK, GAP, f"expected seq {s.book.expected}, got {m.seq}", recv)
+            elif outcome is Outcome.CROSSED:
+                b, a = s.book.book.best_bid(), s.book.book.best_ask()
+                s.event(BOOK, ERROR, f"crossed book at seq {m.seq}: bid {b} >= ask {a}", recv, Cause.CROSSED)
+            elif outcome is Outcome.OUT_OF_ORDER:
+                detail = f"out-of-order update seq {m.seq} <= local {s.book.seq}: dropped"
+                s.event(BOOK, ERROR, detail, recv, Cause.OUT_OF_ORDER)
+            else:
+                detail = f"sequence went back to {m.seq} from {s.book.seq} (engine restart?): resync"
+                s.event(BOOK, ERROR, detail, recv, Cause.RESTART)
+            self.resync(topic)
+
+    def _acked(self, t: Topic, recv: int) -> None:
+        if not t.acked:
+            t.acked = True
+            t.stream.event(t.channel, SUBSCRIBED, t.name, recv)
+
+    def _on_ack(self, m: Ack, recv: int) -> None:
+        t = self.by_topic.get(m.topic)
+        if t is not None and m.op == "subscribe":
+            self._acked(t, recv)
+
+    def _on_held(self, m: HeldTopics, recv: int) -> None:
+        """The venue listed every topic the connection holds: those are acked, the others not."""
+        for t in self.topics:
+            if t.name in m.topics:
+                self._acked(t, recv)
+            else:
+                t.acked = False
+
+    def _on_error(self, m: ProtocolError, recv: int) -> None:
+        detail = _detail(m)
+        t = self.by_topic.get(m.topic) if m.topic else None
+        targets = [t] if t else self.topics
+        self.errors += 1
+        if m.kind == "decode" or m.kind == "parse":
+            # An unreadable frame may have carried any of our streams' data.
+            for topic in targets:
+                topic.stream.event(topic.channel, ERROR, detail, recv, Cause.DECODE)
+                if topic.channel == BOOK and topic.stream.book.valid:
+                    topic.stream.book.invalidate()
+                    self.resync(topic)
+        else:
+            # A refusal (or an error naming no topic while some await their ack): those topics
+            # are subscribed again, after a back-off.
+            unacked = [topic for topic in targets if not topic.acked]
+            for topic in unacked:
+                topic.stream.event(topic.channel, ERROR, detail, recv, Cause.REFUSED)
+            if unacked and self.live:
+                self.intents.append(Refused())
+        log.warning("%s", detail)
