@@ -80,7 +80,7 @@ class Instrument:
     """One market as the venue lists it, resolved once at start and kept in the raw-log header."""
 
     symbol: str  # user form BASE-QUOTE: the partition key and lock key
-    wire: str  # the venue's own id (BTC_USDT, BTCUSDT, btcusdt)
+    wire: str  # the venue's own id for it (its case and separator)
     kind: Kind = "spot"
     contract_size: str | None = None  # decimal string: base units per contract (None: sizes are base units)
     price_tick: str | None = None  # informative
@@ -212,7 +212,7 @@ class Venue:
     """Base class of every venue adapter. Subclasses set the class attributes and the methods that
     raise NotImplementedError; the others have defaults that fit most venues."""
 
-    name: ClassVar[str]  # the registry name and partition name, lower-case ("bitmart")
+    name: ClassVar[str]  # the registry name and partition name, lower-case
     endpoints: ClassVar[Endpoints]
     limits: ClassVar[Limits]
     keepalive: ClassVar[Keepalive]

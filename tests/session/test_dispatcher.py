@@ -1,0 +1,188 @@
+"""The session is venue-neutral: a venue of another protocol family (Peatio-like acks that list
+every held stream, resync by unsubscribe + subscribe, no event time on book messages, restarts)
+works through the same Dispatcher and Deadlines with no session code of its own."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from recorder.model import BOOK, CONNECT, ERROR, TICKER, TRADES, Cause, tables_for
+from recorder.session.deadlines import Deadlines
+from recorder.session.dispatcher import Dispatcher, Refused, Topic
+from recorder.session.stream import Stream
+from recorder.storage.sink import ParquetSink
+from recorder.venues.bitmart_spot import BitmartSpot
+from recorder.venues.contract import Instrument, Reconnect, Report, Resync, ResyncPolicy, Subscribe
+from tests.session.fake_venue import FakePeatio
+
+RECV = 1_767_225_600_000_000
+
+
+def session(channels=(TRADES, BOOK), venue=None):
+    venue = venue or FakePeatio()
+    sink = ParquetSink(None)
+    inst = Instrument("BTC-USDT", "btcusdt")
+    stream = Stream(sink, venue.name, inst, venue.sequence_policy())
+    topics = [Topic(venue.topic(ch, inst), ch, stream) for ch in channels]
+    d = Dispatcher(venue.codec([inst]), topics, depth=5, rawlog=None)
+    return venue, d, stream, {t.channel: t for t in topics}
+
+
+def frame(doc) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def events(stream):
+    return [(r[2], r[3], r[5]) for r in stream.events]
+
+
+def test_held_topics_ack_every_held_stream_and_unack_the_others():
+    _, d, stream, t = session()
+    d.event(RECV, None, CONNECT, "ws://x")
+    d.frame(RECV + 1, frame({"success": {"message": "subscribed", "streams": ["btcusdt.trades", "btcusdt.ob-inc"]}}))
+    assert t[TRADES].acked and t[BOOK].acked
+    assert events(stream)[-2:] == [(TRADES, "subscribed", None), (BOOK, "subscribed", None)]
+    # the unsubscribe ack of a resync lists what is still held: the book is not, and no event says so
+    d.frame(RECV + 2, frame({"success": {"message": "unsubscribed", "streams": ["btcusdt.trades"]}}))
+    assert t[TRADES].acked and not t[BOOK].acked
+    n = len(stream.events)
+    d.frame(RECV + 3, frame({"success": {"message": "subscribed", "streams": ["btcusdt.trades", "btcusdt.ob-inc"]}}))
+    assert t[BOOK].acked and len(stream.events) == n + 1  # acked again: one `subscribed`, trades not repeated
+
+
+def test_book_without_event_time_takes_the_receive_time_and_restart_asks_a_resync():
+    venue, d, stream, t = session()
+    d.frame(RECV, frame({"btcusdt.ob-snap": {"sequence": 40, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    d.frame(RECV + 7, frame({"btcusdt.ob-inc": {"sequence": 41, "bids": [["10", "0"]]}}))
+    rows = stream.book.rows
+    assert [r[0] for r in rows] == [RECV, RECV, RECV + 7]  # ts = recv_ts: the venue gives no time
+    assert [r[0] for r in rows] == [r[1] for r in rows]
+    assert stream.book.valid and stream.book.seq == 41
+    d.frame(RECV + 9, frame({"btcusdt.ob-inc": {"sequence": 1, "asks": [["11", "3"]]}}))  # engine restarted
+    assert not stream.book.valid
+    assert events(stream)[-1] == (BOOK, ERROR, Cause.RESTART)
+    assert stream.events[-1][4] == "sequence went back to 1 from 41 (engine restart?): resync"
+    assert d.take_intents() == [Resync("btcusdt.ob-inc")]
+    assert venue.messages(Resync("btcusdt.ob-inc")) == [
+        '{"event":"unsubscribe","streams":["btcusdt.ob-inc"]}',
+        '{"event":"subscribe","streams":["btcusdt.ob-inc"]}',
+    ]
+
+
+def test_gap_event_and_cause():
+    _, d, stream, _ = session()
+    d.frame(RECV, frame({"btcusdt.ob-snap": {"sequence": 5, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    d.frame(RECV + 1, frame({"btcusdt.ob-inc": {"sequence": 8, "bids": [["10", "2"]]}}))
+    assert events(stream)[-1] == (BOOK, "gap", Cause.GAP)
+    assert stream.events[-1][4] == "expected seq 6, got 8"
+    assert d.take_intents() == [Resync("btcusdt.ob-inc")]
+
+
+def test_trades_with_ids_are_kept_once_and_ticker_rows_route_to_derivative_ticker():
+    _, d, stream, _ = session((TRADES, BOOK, TICKER))
+    trade = {"tid": 7, "taker_type": "buy", "price": "10.5", "amount": "0.1", "date": 1_767_225_600}
+    d.frame(RECV, frame({"btcusdt.trades": {"trades": [trade]}}))
+    d.frame(RECV + 1, frame({"btcusdt.trades": {"trades": [trade, {**trade, "tid": 8}]}}))  # resubscribe repeats 7
+    assert [r[2] for r in stream.trades] == ["7", "8"]
+    assert stream.duplicates_dropped == 1
+    d.frame(RECV + 2, frame({"btcusdt.tickers": {"mark": "10.25"}}))
+    assert stream.buffers[-1] == [(RECV + 2, RECV + 2, None, 10.25, None, None, None, None, None)]
+    assert tables_for([TRADES, BOOK, TICKER]) == ("events", "trades", "book_updates", "book_snapshots", "derivative_ticker")
+
+
+def test_replay_keeps_no_outbox():
+    venue = FakePeatio()
+    inst = Instrument("BTC-USDT", "btcusdt")
+    stream = Stream(ParquetSink(None), venue.name, inst, venue.sequence_policy())
+    d = Dispatcher(venue.codec([inst]), [Topic("btcusdt.ob-inc", BOOK, stream)], 5, None, live=False)
+    d.frame(RECV, frame({"btcusdt.ob-snap": {"sequence": 5, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    d.frame(RECV + 1, frame({"btcusdt.ob-inc": {"sequence": 9}}))
+    d.frame(RECV + 2, frame({"error": "nope"}))
+    assert d.intents == []
+
+
+def test_a_refusal_naming_no_topic_refuses_every_unacked_topic():
+    _, d, stream, t = session()
+    t[TRADES].acked = True
+    d.frame(RECV, frame({"error": "too many streams"}))
+    assert events(stream) == [(BOOK, ERROR, Cause.REFUSED)]
+    assert d.take_intents() == [Refused()]
+
+
+# ---- deadlines ------------------------------------------------------------------------------
+
+
+def test_quiet_market_waits_with_backoff_and_reports_but_never_reconnects():
+    _, d, _, t = session()
+    dl = Deadlines(list(t.values()), FakePeatio.resync, ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe(tuple(t[c].name for c in (TRADES, BOOK))), 0.0)
+    t[TRADES].acked = t[BOOK].acked = True  # acked, but the snapshot does not come
+    now, asked = 0.0, []
+    while now < 600:
+        now += 0.25
+        for i in dl.due(now):
+            assert not isinstance(i, Reconnect)
+            if isinstance(i, Resync):
+                dl.sent(i, now)
+                asked.append(now)
+            else:
+                assert isinstance(i, Report) and i.topic == t[BOOK].name and i.cause == Cause.NO_SNAPSHOT
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *asked], asked)]
+    assert gaps[:6] == [5.25, 5.25, 10.25, 20.25, 40.25, 60.25]  # 5 s, doubling, at most 60 s (tick 0.25 s)
+    assert len(asked) > 10
+
+
+def test_bitmart_policy_asks_three_times_then_reconnects():
+    _, d, _, t = session(venue=BitmartSpot())
+    book = t[BOOK]
+    dl = Deadlines([book], BitmartSpot.resync, ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe((book.name,)), 0.0)
+    book.acked = True
+    now, out = 0.0, []
+    while now < 60 and not any(isinstance(i, Reconnect) for i in out):
+        now += 0.25
+        out = dl.due(now)
+        for i in out:
+            if isinstance(i, Resync):
+                dl.sent(i, now)
+    assert book.resync_tries == 3
+    assert out[-1] == Reconnect(BOOK, "no snapshot after 3 requests", Cause.NO_SNAPSHOT)
+    assert 20.0 < now <= 21.0
+
+
+def test_snapshot_clears_the_wait():
+    venue, d, stream, t = session()
+    dl = Deadlines(list(t.values()), venue.resync, ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe((t[BOOK].name,)), 0.0)
+    d.frame(RECV, frame({"btcusdt.ob-snap": {"sequence": 5, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    t[BOOK].acked = True
+    assert dl.due(100.0) == [Subscribe((t[TRADES].name,))]  # trades never subscribed/acked: due; book is not
+
+
+@pytest.mark.parametrize("policy", [ResyncPolicy(), FakePeatio.resync])
+def test_refusals_back_off_and_reset_once_everything_is_acked(policy):
+    _, d, _, t = session()
+    topics = list(t.values())
+    dl = Deadlines(topics, policy, ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe(tuple(x.name for x in topics)), 0.0)
+    dl.refused(0.1)
+    dl.refused(0.2)  # same burst: one retry
+    assert dl.due(1.0) == []
+    assert dl.due(1.1) == [Subscribe(tuple(x.name for x in topics))]
+    dl.sent(Subscribe(tuple(x.name for x in topics)), 1.1)
+    dl.refused(1.2)
+    assert dl.due(3.1) == [] and dl.due(3.2) == [Subscribe(tuple(x.name for x in topics))]  # 2 s now
+    for x in topics:
+        x.acked = True
+    dl.due(3.3)
+    assert dl.refusals == 0
+
+
+def test_unacked_subscription_is_sent_again_after_the_ack_timeout():
+    _, d, _, t = session()
+    dl = Deadlines(list(t.values()), ResyncPolicy(), ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe((t[TRADES].name, t[BOOK].name)), 0.0)
+    t[BOOK].acked = True
+    assert not [i for i in dl.due(10.0) if isinstance(i, Subscribe)]
+    assert [i for i in dl.due(10.25) if isinstance(i, Subscribe)] == [Subscribe((t[TRADES].name,))]
