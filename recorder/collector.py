@@ -25,9 +25,9 @@ from recorder.session.stream import Stream, now_us
 from recorder.storage.checkpoint import RunLock, lock_stream, release, run_is_alive, sources_metadata
 from recorder.storage.rawlog import RESERVE_BYTES, RawLog
 from recorder.storage.sink import ParquetSink, recover
-from recorder.transport import SendLimiter, new_session
+from recorder.transport import SendLimiter, get_json, new_session
 from recorder.transport.connection import WATCHDOG_TICK, Connection
-from recorder.venues.contract import Instrument, Resync
+from recorder.venues.contract import Instrument, RestPoll, Resync
 
 __all__ = ["STALE", "Collector", "Connection", "Dispatcher", "Options", "Stream", "Topic", "Unwritten", "now_us"]
 
@@ -162,7 +162,7 @@ class Collector:
                     reserve_bytes=self.options.raw_reserve_bytes,
                 )
             codec = self.venue.codec([t.stream.inst for t in group])
-            d = Dispatcher(codec, group, self.options.snapshot_depth, rawlog)
+            d = Dispatcher(codec, group, self.options.snapshot_depth, rawlog, polls=self.venue.polls)
             self.connections.append(Connection(self, d, n))
 
     def _topic_groups(self) -> list[list[Topic]]:
@@ -202,6 +202,7 @@ class Collector:
         try:
             conn_tasks = [asyncio.create_task(c.run()) for c in self.connections]
             aux = [asyncio.create_task(self._snapshots()), asyncio.create_task(self._flusher())]
+            aux += [asyncio.create_task(self._poll(p)) for p in self.venue.polls if p.channel in self.channels]
             if self.options.raw:
                 aux.append(asyncio.create_task(self._raw_flusher()))
             try:
@@ -259,6 +260,24 @@ class Collector:
                 t = now_us()
                 for conn in self.connections:
                     conn.dispatcher.tick(t)
+
+    async def _poll(self, poll: RestPoll) -> None:
+        """A venue's REST poll: every `poll.interval` s, each instrument of its channel, paced by the
+        venue's REST budget; answers go through the instrument's connection (logged, replayable)."""
+        limiter = SendLimiter(*poll.rate_limit)
+        base = self.rest_url.rstrip("/")
+        while True:
+            for conn in self.connections:
+                for t in [t for t in conn.topics if t.channel == poll.channel]:
+                    req = poll.request(t.stream.inst)
+                    await limiter.acquire()
+                    try:
+                        doc = await get_json(self.session, base + req.path, dict(req.params) or None)
+                    except (RecorderError, aiohttp.ClientError, TimeoutError) as exc:
+                        log.warning("%s %s: %s", poll.name, t.stream.user, exc)
+                        continue
+                    conn.dispatcher.rest(now_us(), poll.name, t.stream.wire, doc)
+            await asyncio.sleep(poll.interval)
 
     async def _raw_flusher(self) -> None:
         while True:

@@ -47,6 +47,7 @@ from recorder.storage.rawlog import (
     EVENT,
     FRAME,
     HEADER,
+    REST,
     SUFFIX,
     TICK,
     list_logs,
@@ -146,6 +147,9 @@ class ConnectionReplay:
             d.tick(t)
         elif kind == BADFRAME:
             d.frame(t, payload)
+        elif kind == REST:
+            doc = orjson.loads(payload)
+            d.rest(t, doc["poll"], doc["wire"], doc["body"])
 
     def _dispatcher(self, header: dict) -> Dispatcher:
         exchange = venues.canonical(header["exchange"])  # logs of older runs may say `BITMART`
@@ -160,7 +164,8 @@ class ConnectionReplay:
                 self.streams[key] = Stream(self.sink, exchange, inst, venue.sequence_policy())
             topics.append(Topic(name, channel, self.streams[key]))
         codec = venue.codec(list(used.values()))
-        return Dispatcher(codec, topics, header.get("snapshot_depth", 20), rawlog=None, live=False)
+        depth = header.get("snapshot_depth", 20)
+        return Dispatcher(codec, topics, depth, rawlog=None, live=False, polls=venue.polls)
 
 
 def replay(

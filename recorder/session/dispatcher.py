@@ -33,7 +33,7 @@ from recorder.model import (
 from recorder.session.book import NEED_RESYNC, Outcome
 from recorder.session.stream import Stream
 from recorder.storage.rawlog import BADFRAME, RawLog
-from recorder.venues.contract import Codec, Intent, Resync
+from recorder.venues.contract import Codec, Intent, Resync, RestPoll, VenueError
 
 log = logging.getLogger("recorder")
 
@@ -65,8 +65,17 @@ def _detail(m: ProtocolError) -> str:
 class Dispatcher:
     """Routes one connection's records to its streams; book outcomes become events and intents."""
 
-    def __init__(self, codec: Codec, topics: list[Topic], depth: int, rawlog: RawLog | None, live: bool = True) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        topics: list[Topic],
+        depth: int,
+        rawlog: RawLog | None,
+        live: bool = True,
+        polls: tuple[RestPoll, ...] = (),
+    ) -> None:
         self.topics = topics
+        self.polls = {p.name: p for p in polls}
         self.depth = depth
         self.rawlog = rawlog
         self.live = live  # replay keeps no outbox
@@ -96,9 +105,28 @@ class Dispatcher:
             self.rawlog.frame(recv, raw)
         self.payload(recv, raw)
 
+    def rest(self, recv: int, poll: str, wire: str, doc: object) -> None:
+        """A REST poll's answer for one instrument: logged, then routed like a parsed frame."""
+        if self.rawlog is not None:
+            self.rawlog.rest(recv, poll, wire, doc)
+        p = self.polls.get(poll)
+        s = self.other.get((p.channel, wire)) if p is not None else None
+        if p is None or s is None:
+            return
+        try:
+            records = p.parse(doc, s.inst)
+        except (VenueError, KeyError, TypeError, ValueError, IndexError) as exc:
+            log.warning("unexpected %s answer for %s: %s: %s", poll, wire, type(exc).__name__, exc)
+            self.errors += 1
+            return
+        self.route(records, recv)
+
     def payload(self, recv: int, raw: bytes | str) -> None:
+        self.route(self._parse(raw), recv)
+
+    def route(self, records: list, recv: int) -> None:
         trades_by_wire = self.trades_by_wire
-        for m in self._parse(raw):
+        for m in records:
             if type(m) is BookMessage:
                 self._on_book(m, recv)
             elif type(m) is TradeBatch:

@@ -33,7 +33,7 @@ import zstandard
 
 from recorder.storage.layout import run_id, unique_name
 
-HEADER, FRAME, BADFRAME, SENT, EVENT, TICK = 0, 1, 2, 3, 4, 5
+HEADER, FRAME, BADFRAME, SENT, EVENT, TICK, REST = 0, 1, 2, 3, 4, 5, 6
 _REC = struct.Struct("<qBI")
 SUFFIX = ".rawlog.zst"
 RESERVE_BYTES = 16 * 1024 * 1024  # disk space held past the end of each open log (see module doc)
@@ -179,6 +179,10 @@ class RawLog:
     ) -> None:
         """An EVENT record: `[channel, event, detail, cause, topic]` (format 1 logs hold the first three)."""
         self.frame(t, orjson.dumps([channel, event, detail, cause, topic]), EVENT)
+
+    def rest(self, t: int, poll: str, wire: str, body: object) -> None:
+        """A REST answer whose content becomes rows (a venue's poll): `{"poll", "wire", "body"}`."""
+        self.frame(t, orjson.dumps({"poll": poll, "wire": wire, "body": body}), REST)
 
     def tick(self, t: int) -> None:
         self.frame(t, b"", TICK)

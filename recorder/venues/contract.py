@@ -204,6 +204,24 @@ class Kline:
     trades: int | None
 
 
+class RestPoll(Protocol):
+    """A slow REST timer whose answers become records (e.g. open interest a venue pushes nowhere).
+
+    The collector asks every `interval` seconds per instrument of the poll's `channel`; answers
+    are logged raw (replay re-derives the same rows) and routed like parsed frames."""
+
+    name: str
+    channel: str
+    interval: float  # seconds between rounds
+    rate_limit: tuple[int, float]  # requests per window for this endpoint
+
+    def request(self, inst: Instrument) -> RestRequest: ...
+
+    def parse(self, doc: Any, inst: Instrument) -> list[Message]:
+        """Records of the answer; raises VenueError (or KeyError/TypeError/ValueError) on one it cannot read."""
+        ...
+
+
 class VenueError(ValueError):
     """An answer the venue's docs call an error. Callers turn it into a one-line RecorderError."""
 
@@ -220,6 +238,7 @@ class Venue:
     channels: ClassVar[tuple[str, ...]]  # offered channels, in subscribe order
     default_channels: ClassVar[tuple[str, ...]]
     klines: ClassVar[Klines | None] = None
+    polls: ClassVar[tuple[RestPoll, ...]] = ()
 
     def sequence_policy(self) -> SequencePolicy:
         raise NotImplementedError

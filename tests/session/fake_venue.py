@@ -102,3 +102,20 @@ class FakePeatio(Venue):
 
     def codec(self, instruments: Sequence[Instrument]) -> FakeCodec:
         return FakeCodec()
+
+
+class OpenInterestPoll:
+    name = "open_interest"
+    channel = TICKER
+    interval = 60.0
+    rate_limit = (12, 2.0)
+
+    def request(self, inst: Instrument) -> RestRequest:
+        return RestRequest("/contract/open-interest", {"symbol": inst.wire})
+
+    def parse(self, doc: Any, inst: Instrument) -> list[Message]:
+        return [DerivativeTicker(inst.wire, TICKER, int(doc["timestamp"]) * 1000, open_interest=float(doc["open_interest"]))]
+
+
+class FakePeatioWithPoll(FakePeatio):
+    polls = (OpenInterestPoll(),)

@@ -186,3 +186,22 @@ def test_unacked_subscription_is_sent_again_after_the_ack_timeout():
     t[BOOK].acked = True
     assert not [i for i in dl.due(10.0) if isinstance(i, Subscribe)]
     assert [i for i in dl.due(10.25) if isinstance(i, Subscribe)] == [Subscribe((t[TRADES].name,))]
+
+
+def test_rest_poll_answers_are_logged_raw_and_become_rows(tmp_path):
+    from recorder.storage.rawlog import REST, RawLog, read_records
+    from tests.session.fake_venue import FakePeatioWithPoll
+
+    venue = FakePeatioWithPoll()
+    inst = Instrument("BTC-USDT", "btcusdt")
+    stream = Stream(ParquetSink(None), venue.name, inst, venue.sequence_policy())
+    raw = RawLog(tmp_path, venue.name, {"exchange": venue.name, "topics": []})
+    d = Dispatcher(venue.codec([inst]), [Topic("btcusdt.tickers", TICKER, stream)], 5, raw, polls=venue.polls)
+    d.rest(RECV, "open_interest", "btcusdt", {"timestamp": 1_767_225_600_123, "open_interest": "1234.5"})
+    d.rest(RECV + 1, "open_interest", "btcusdt", {"nonsense": 1})  # unreadable: logged, no row
+    assert stream.buffers[-1] == [(1_767_225_600_123_000, RECV, None, None, None, None, None, None, 1234.5)]
+    assert d.errors == 1
+    raw.close()
+    recs = [(t, p) for f in tmp_path.rglob("*.rawlog.zst") for t, k, p in read_records(f) if k == REST]
+    assert [orjson.loads(p)["body"] for _, p in recs] == [
+        {"timestamp": 1_767_225_600_123, "open_interest": "1234.5"}, {"nonsense": 1}]
