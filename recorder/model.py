@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import pyarrow as pa
 
@@ -69,6 +69,84 @@ SCHEMAS["candles"] = pa.schema(
     list(SCHEMAS["exchange_candles"])
     + [pa.field("vwap", pa.float64()), pa.field("buy_volume", pa.float64()), pa.field("complete", pa.bool_())]
 )
+
+
+
+# Row shapes, in column order (the sink takes plain tuples; these name the positions). Times are
+# int microseconds. The hot path (trades, book updates) appends tuple literals of these shapes;
+# everything else builds the named rows. Checked against SCHEMAS at import.
+class TradeRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    trade_id: str | None
+    side: str
+    price: float
+    amount: float
+
+
+class BookUpdateRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    seq: int | None
+    is_snapshot: bool
+    side: str
+    price: float
+    amount: float
+
+
+class BookSnapshotRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    seq: int | None
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class EventRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    channel: str
+    event: str
+    detail: str
+    cause: str | None
+
+
+class DerivativeTickerRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    last_price: float | None
+    mark_price: float | None
+    index_price: float | None
+    funding_rate: float | None
+    next_funding_rate: float | None
+    next_funding_time: int | None
+    open_interest: float | None
+
+
+class ExchangeCandleRow(NamedTuple):
+    ts: int
+    recv_ts: int
+    interval: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quote_volume: float | None
+    trades: int | None
+
+
+ROWS: dict[str, type[tuple]] = {
+    "trades": TradeRow,
+    "book_updates": BookUpdateRow,
+    "book_snapshots": BookSnapshotRow,
+    "events": EventRow,
+    "derivative_ticker": DerivativeTickerRow,
+    "exchange_candles": ExchangeCandleRow,
+}
+for _table, _row in ROWS.items():
+    assert list(_row._fields) == SCHEMAS[_table].names, _table
 
 # Columns added after files were first written: a file without one reads it as null.
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"events": ("cause",)}

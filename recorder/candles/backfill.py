@@ -27,7 +27,7 @@ from recorder import instruments, venues
 from recorder.candles.intervals import INTERVALS
 from recorder.candles.state import STATE_DIR, duckdb_session, state_lock
 from recorder.errors import RecorderError
-from recorder.model import SCHEMAS
+from recorder.model import SCHEMAS, ExchangeCandleRow
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import recover, replace_partition_files, rows_to_table, split_by_date
 from recorder.transport import SendLimiter, get_json, new_session
@@ -121,7 +121,9 @@ async def fetch_klines(
         t = k.open_time_s
         if lo <= t < hi and t % step_s == 0:
             us = t * 1_000_000
-            rows.append((us, recv_us, interval, us, k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.trades))
+            rows.append(
+                ExchangeCandleRow(us, recv_us, interval, us, k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.trades)
+            )
     rows.sort(key=lambda r: r[0])
     return rows
 

@@ -172,6 +172,6 @@ class BookSync:
         ts, seq, rows = msg.ts, msg.seq, self.rows
         self.last_ts = ts
         for p, q in msg.bids:
-            rows.append((ts, recv_ts, seq, snap, "bid", p, q))
+            rows.append((ts, recv_ts, seq, snap, "bid", p, q))  # a BookUpdateRow
         for p, q in msg.asks:
             rows.append((ts, recv_ts, seq, snap, "ask", p, q))

@@ -6,7 +6,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from recorder.model import DEFAULT_CAUSE, DerivativeTicker, TradeBatch
+from recorder.model import DEFAULT_CAUSE, BookSnapshotRow, DerivativeTicker, DerivativeTickerRow, EventRow, TradeBatch
 from recorder.session.book import BookSync
 from recorder.storage.sink import ParquetSink
 from recorder.venues.contract import Instrument, SequencePolicy
@@ -46,7 +46,7 @@ class Stream:
 
     def event(self, channel: str, event: str, detail: str = "", ts: int | None = None, cause: str | None = None) -> None:
         t = ts if ts is not None else now_us()
-        row = (t, t, channel, event, detail, cause if cause is not None else DEFAULT_CAUSE.get(event))
+        row = EventRow(t, t, channel, event, detail, cause if cause is not None else DEFAULT_CAUSE.get(event))
         self.events.append(row)
         for fn in self.event_listeners:
             fn(self, row)
@@ -60,7 +60,7 @@ class Stream:
         if not sync.valid:
             return
         bids, asks = sync.book.top(depth)
-        self.snapshots.append((sync.last_ts, taken_at, sync.seq, bids, asks))
+        self.snapshots.append(BookSnapshotRow(sync.last_ts, taken_at, sync.seq, bids, asks))
 
     def on_trades(self, batch: TradeBatch, recv: int) -> None:
         rows, recent = self.trades, self.recent_trades
@@ -73,7 +73,7 @@ class Stream:
                 recent.append(key)
             elif self._seen_id(tid):
                 continue
-            rows.append((ts, recv, tid, side, price, amount))
+            rows.append((ts, recv, tid, side, price, amount))  # a TradeRow
             self.trade_count += 1
         if self.trade_listeners:
             accepted = rows[start:]
@@ -84,7 +84,7 @@ class Stream:
         if self._ticker is None:
             self._ticker = self.sink.buffer("derivative_ticker", self.exchange, self.user)
         self._ticker.append(
-            (
+            DerivativeTickerRow(
                 m.ts if m.ts is not None else recv,
                 recv,
                 m.last_price,

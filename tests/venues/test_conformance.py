@@ -100,3 +100,14 @@ def test_codec_never_raises_on_junk(data, name):
     for m in out:
         if isinstance(m, ProtocolError):
             assert m.kind in ("decode", "parse", "refused", "exchange")
+
+
+def test_contract_sizes_convert_exactly():
+    from decimal import Decimal
+
+    from recorder.venues.units import base_amount
+
+    assert 3 * 0.1 != 0.3  # what multiplying floats would store
+    assert repr(base_amount("3", Decimal("0.1"))) == "0.3"
+    assert base_amount("7", None) == 7.0
+    assert repr(base_amount("123", Decimal("0.0001"))) == "0.0123"
