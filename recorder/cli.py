@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -57,8 +55,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live status"),
 ) -> None:
     """Record trades and the exact order book of SYMBOLS on EXCHANGE."""
+    from recorder.app.record import record
     from recorder.collector import Options
-    from recorder.runner import record
 
     def go() -> None:
         # 0 or a negative would stop at once / flush in a busy loop / stall the simulator
@@ -98,7 +96,7 @@ def simulate(
     fault_every: float = typer.Option(10.0, "--fault-every", help="seconds between two injected faults"),
 ) -> None:
     """Run an exchange simulator standalone (prints its ws and rest URLs and where it listens)."""
-    from recorder.runner import simulate_forever
+    from recorder.app.simulate import simulate_forever
     from recorder.sim.faults import parse_faults
 
     def go() -> None:
@@ -124,7 +122,7 @@ def sql(
     ),
 ) -> None:
     """Run DuckDB SQL over the data dir's views (read-only: nothing in the data dir changes)."""
-    from recorder.runner import run_sql
+    from recorder.app.sql import run_sql
 
     if fmt not in ("table", "csv", "json"):
         fail("--format must be table, csv or json")
@@ -219,12 +217,9 @@ def status(
     _guard(go)
 
 
-try:  # the candles sub-app (issue 4)
-    from recorder.candles.cli import app as candles_app
+from recorder.app.candles import app as candles_app  # noqa: E402
 
-    app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
-except ImportError:  # pragma: no cover - during development only
-    pass
+app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
 
 
 def _guard(fn) -> None:
@@ -242,13 +237,6 @@ def _guard(fn) -> None:
         if "--debug" in sys.argv:
             raise
         fail(f"{type(exc).__name__}: {exc}", code=1)
-
-
-def install_signal_handlers(stop) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop)
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from recorder.app.record import record
 from recorder.collector import Collector
 from recorder.errors import RecorderError
 from recorder.replay import replay
-from recorder.runner import record
 
 from .processes import assert_equals_truth, run_cli, sent_each, sent_to, spawn, stop, stored_trades
 from .recording import MIN_TRADES, SYMBOLS, books_valid, finish, options, quiesce, start, wait_for

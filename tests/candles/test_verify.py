@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 import recorder
+from recorder.app.candles import app
 from recorder.candles import backfill_async, build_candles, verify
-from recorder.candles.cli import app
 from recorder.sim import BitmartSpotSim
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import replace_partition_files

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 
 from rich import box
@@ -12,6 +11,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from recorder.app.signals import install_signal_handlers
+from recorder.app.simulate import start_simulator
 from recorder.candles.feed import CandlesFeed
 from recorder.candles.live import Candle
 
@@ -36,19 +37,11 @@ async def watch(
     console = console or Console()
     simulator = None
     if sim:
-        from recorder.runner import LONG_RUNNING_SIM, simulator_class
-
-        options = {"seed": 0, **LONG_RUNNING_SIM, **(sim if isinstance(sim, dict) else {})}
-        simulator = simulator_class(exchange)(**options)
-        await simulator.start(host="127.0.0.1", port=0)
+        simulator = await start_simulator(exchange, sim)
         ws_url, rest_url = ws_url or simulator.ws_url, rest_url or simulator.rest_url
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
+    restore_signals = install_signal_handlers(stop.set)
     try:
         feed = CandlesFeed(exchange, symbol, interval, max_candles, ws_url, rest_url, grace)
         await feed.start()
@@ -71,8 +64,7 @@ async def watch(
             await feed.stop()
         return feed
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        restore_signals()
         if simulator is not None:
             await simulator.stop()
 

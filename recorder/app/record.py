@@ -1,31 +1,21 @@
-"""Library entry points behind the CLI commands (tests call these directly)."""
+"""`recorder run`: record until stopped, with a live status table on a terminal and a summary line."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from pathlib import Path
 
-import duckdb
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from recorder import venues
+from recorder.app.signals import install_signal_handlers
+from recorder.app.simulate import start_simulator
 from recorder.collector import Collector, Options, Unwritten, check_writable
 from recorder.errors import RecorderError
-from recorder.query import open_views
 from recorder.recovery import recover_data_dir
-
-# A simulator that users run for hours: bounded ground-truth logs, some kline history to backfill.
-LONG_RUNNING_SIM = {"record_sent": False, "trade_log_limit": 100_000, "history_minutes": 240}
-
-
-def simulator_class(exchange: str):
-    """The simulator front-end of `exchange` (unknown exchange: the same clear error as `run`)."""
-    return venues.simulator(exchange)
 
 
 async def record(
@@ -42,13 +32,9 @@ async def record(
     simulator of `exchange` on 127.0.0.1 and records from it. `signals=False` leaves SIGINT/SIGTERM
     alone (inside a Jupyter kernel, say); stop with `opts.duration` then.
     """
-    from recorder.cli import install_signal_handlers
-
     simulator = None
     if sim:
-        sim_options = {"seed": 0, **LONG_RUNNING_SIM, **(sim if isinstance(sim, dict) else {})}
-        simulator = simulator_class(exchange)(**sim_options)
-        await simulator.start(host="127.0.0.1", port=0)
+        simulator = await start_simulator(exchange, sim)
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
     try:
@@ -141,121 +127,3 @@ def _summary(c: Collector) -> str:
         f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors, "
         f"{sum(s.duplicates_dropped for s in c.streams.values())} trades replayed after a reconnect dropped"
     )
-
-
-async def simulate_forever(
-    exchange: str,
-    host: str,
-    port: int,
-    seed: int,
-    rate: float,
-    extra_symbols: int,
-    faults: list[str] | None = None,
-    fault_every: float = 10.0,
-) -> None:
-    """Serve until SIGINT/SIGTERM. `extra_symbols` > 0 serves that many synthetic symbols instead.
-
-    `faults` (names from `recorder.sim.faults.FAULTS`) are injected round robin every `fault_every` s.
-    """
-    from recorder.sim.faults import inject_forever
-
-    cls = simulator_class(exchange)
-    sim = cls(symbols=extra_symbols or None, seed=seed, rate=rate, **LONG_RUNNING_SIM)
-    try:
-        await sim.start(host=host, port=port)
-    except OSError as exc:
-        raise RecorderError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    # the first line starts with `ws` (scripts read it); then where it really listens
-    print(f"ws   {sim.ws_url}\nrest {sim.rest_url}\n{listening_line(host, sim.port)}", flush=True)
-    stop = asyncio.Event()
-    from recorder.cli import install_signal_handlers
-
-    install_signal_handlers(stop.set)
-    injector = None
-    if faults:
-        print(f"faults: {', '.join(faults)}, one every {fault_every:g} s", flush=True)
-        injector = asyncio.create_task(
-            inject_forever(sim, faults, fault_every, lambda line: print(line, flush=True), seed)
-        )
-    try:
-        await stop.wait()
-    finally:
-        if injector is not None:
-            injector.cancel()
-        await sim.stop()
-
-
-WILDCARDS = ("", "0.0.0.0", "::")
-
-
-def listening_line(host: str, port: int) -> str:
-    """Where a server bound to `host:port` listens, and a URL other machines can use for a wildcard."""
-    if host not in WILDCARDS:
-        return f"listening on {host}:{port}"
-    reachable = outward_address()
-    other = f"; from other machines: ws://{reachable}:{port}/api?protocol=1.1" if reachable else ""
-    return f"listening on {host or '0.0.0.0'}:{port} (every interface){other}"
-
-
-def outward_address() -> str | None:
-    """This machine's address on its default route (a UDP `connect` sends nothing), if it has one."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the routing table is consulted
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
-
-
-def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int, write: bool = False) -> None:
-    """Run SQL over the data dir's views, read-only (see `recorder.sqlguard`); exact output."""
-    import os
-    import tempfile
-
-    from recorder import output
-    from recorder.lake import check_data_dir
-    from recorder.sqlguard import lock_down, vet
-
-    data_dir = Path(os.path.abspath(check_data_dir(data_dir)))  # views and allowed paths agree
-    targets = vet(query, data_dir, write)  # refused statements never reach DuckDB
-    with tempfile.TemporaryDirectory(prefix="recorder-sql-") as spill:
-        con, _ = open_views(data_dir)
-        try:
-            lock_down(con, data_dir, targets, Path(spill))
-            rel = con.sql(query)
-            if rel is None:
-                return
-            if fmt == "csv":
-                output.write_csv(con, rel, sys.stdout)
-            elif fmt == "json":
-                output.write_json(con, rel, sys.stdout)
-            else:
-                _print_table(con, rel, max_rows)
-        except duckdb.Error as exc:
-            raise RecorderError(str(exc).splitlines()[0]) from None
-        finally:
-            con.close()
-
-
-def _print_table(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, max_rows: int) -> None:
-    from rich.text import Text
-
-    from recorder import output
-
-    cols, rows, cut = output.table_rows(con, rel, max_rows)
-    t = Table(show_lines=False)
-    for c in cols:
-        t.add_column(Text(c))
-    for r in rows:
-        t.add_row(*(Text(v) for v in r))  # Text: a value like "[red]" is data, not rich markup
-    with contextlib.suppress(BrokenPipeError):
-        Console().print(t)
-    if cut:  # never drop rows silently
-        Console(stderr=True).print(
-            f"showing the first {max_rows:,} rows; more were cut (raise --max-rows, or use --format csv/json)",
-            highlight=False,
-            soft_wrap=True,
-        )

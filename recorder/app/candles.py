@@ -139,7 +139,7 @@ def watch(
         )
 
     try:
-        from recorder.candles.watch import watch as run_watch
+        from recorder.app.watch import watch as run_watch
 
         _guard(go)
     except KeyboardInterrupt:  # before the signal handlers are in place
