@@ -30,7 +30,7 @@ OUT = Path(__file__).parent / "out"
 
 def sim_process(conn, symbols: int, events: int) -> None:
     os.sched_setaffinity(0, {1})
-    from recorder.sim.bitmart import BitmartSpotSim
+    from recorder.sim import BitmartSpotSim
 
     async def main() -> None:
         sim = BitmartSpotSim(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .recording import SYMBOLS
 

@@ -19,7 +19,7 @@ import duckdb
 
 from recorder import connect
 from recorder.bookreplay import rebuild_book
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .recording import MIN_TRADES, SYMBOLS, Key
 

@@ -19,7 +19,7 @@ import duckdb
 from recorder import connect
 from recorder.bookreplay import rebuild_book
 from recorder.collector import Collector, Options
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 SYMBOLS = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT"}
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from recorder import connect
 from recorder.bookreplay import rebuild_book
 from recorder.replay import CRASH_DETAIL, replay
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .processes import TABLES, common_prefix, run_cli, sent_count, sent_to, spawn, stop, stored_trades
 from .recording import SYMBOLS, quiesce

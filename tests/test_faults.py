@@ -10,7 +10,7 @@ import pytest
 
 from recorder import connect
 from recorder.collector import Collector
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .recording import (
     MIN_TRADES,

@@ -15,7 +15,7 @@ from recorder import connect
 from recorder.candles.build import build_candles
 from recorder.collector import Collector, now_us
 from recorder.replay import replay
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .recording import SYMBOLS, books_valid, finish, options, settle, start, wait_for
 

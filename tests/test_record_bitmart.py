@@ -12,7 +12,7 @@ from collections import Counter
 from recorder import connect
 from recorder.collector import Collector
 from recorder.replay import replay
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 from .recording import (
     SYMBOLS,

@@ -1,8 +1,11 @@
 """A deterministic synthetic market: per-symbol books, resting orders, taker trades and candles.
 
-Protocol-neutral on purpose: wire front-ends (BitMart spot/futures, Peatio, ...) turn its events into
-their own messages. Prices and sizes live as integers (ticks and lots) so that every string it hands
-out is an exact decimal ("64949.02", "0.00067"), never a float rendering.
+It knows no venue. Symbols have neutral ids `BASE-QUOTE` ("BTC-USDT"); simulator front-ends map them to
+their wire ids, may register those as aliases (so ground truth can be asked in wire terms), and turn the
+market's events into their own messages. Prices and sizes live as integers (ticks and lots) so that
+every string it hands out is an exact decimal ("64949.02", "0.00067"), never a float rendering.
+Derivatives (mark, index, funding, open interest) are derived from the book without touching the
+market's own random stream, so adding a perpetual front-end never changes what spot clients see.
 """
 
 from __future__ import annotations
@@ -50,7 +53,12 @@ def parse_units(text: str, decimals: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SymbolSpec:
-    """Static description of one instrument. `name` is whatever id the front-end uses on the wire."""
+    """Static description of one instrument. `name` is its neutral id (`BASE-QUOTE`); the market treats
+    it as opaque, so any unique string works.
+
+    For a perpetual (`kind="perpetual"`), `contract_size` is in base units and equals the lot, so book
+    and trade sizes in lots are whole contracts.
+    """
 
     name: str
     base: str
@@ -60,6 +68,8 @@ class SymbolSpec:
     start_price: str
     typical_size: str  # median resting order size, base units
     status: str = "trading"  # "trading" | "pre-trade": pre-trade symbols are listed but never trade
+    kind: str = "spot"  # "spot" | "perpetual"
+    contract_size: str | None = None  # perpetuals: base units per contract (= the lot)
 
     @property
     def tick(self) -> str:
@@ -98,6 +108,12 @@ class MarketEvent:
     seq: int  # the symbol's change count after this event (front-ends derive versions from it)
     changes: list[Change]
     trades: list[Trade] = field(default_factory=list)
+
+    def split(self) -> tuple[list[list[str]], list[list[str]]]:
+        """The changes as (bids, asks), each [[price, size], ...] in change order."""
+        bids = [[price, size] for side, price, size in self.changes if side == BID]
+        asks = [[price, size] for side, price, size in self.changes if side == ASK]
+        return bids, asks
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +171,46 @@ class Stats24h:
     base_volume: str
     quote_volume: str
     fluctuation: str  # (last - open) / open, 5 decimals
+
+
+@dataclass(frozen=True, slots=True)
+class DerivState:
+    """Derivatives view of one symbol at one time (exact decimal strings, like everything else here)."""
+
+    mark: str
+    index: str
+    funding_rate: str  # the rate of the current funding period
+    next_funding_rate: str  # the expected rate of the next one
+    next_funding_time_ms: int
+    open_interest: str  # base units, a whole number of lots (contracts when the lot is the contract size)
+
+
+# Derivatives: funding every 8 h; rates have 8 decimals.
+FUNDING_PERIOD_MS = 8 * 3_600_000
+RATE_DECIMALS = 8
+
+
+class _DerivParams:
+    """Per-symbol constants of the derivatives view, drawn once from the symbol's own random stream."""
+
+    __slots__ = (
+        "basis_bp",
+        "basis_period_ms",
+        "basis_phase",
+        "base_rate",
+        "oi_lots",
+        "oi_period_ms",
+        "oi_phase",
+    )
+
+    def __init__(self, rng: random.Random, typical_lots: int) -> None:
+        self.basis_bp = rng.uniform(1.0, 8.0)  # index vs mark amplitude, basis points
+        self.basis_period_ms = rng.randint(20, 120) * 60_000
+        self.basis_phase = rng.uniform(0.0, 2 * math.pi)
+        self.base_rate = rng.uniform(0.00005, 0.00015)
+        self.oi_lots = typical_lots * rng.randint(2_000, 20_000)
+        self.oi_period_ms = rng.randint(2, 12) * 3_600_000
+        self.oi_phase = rng.uniform(0.0, 2 * math.pi)
 
 
 class WallClock:
@@ -262,6 +318,7 @@ class Market:
         """`trade_log_limit` bounds the kept trades per symbol for long runs (candles stay complete)."""
         if not specs:
             raise ValueError("a market needs at least one symbol")
+        self.seed = seed
         self.rng = random.Random(seed)
         self.clock = clock or WallClock()
         self.trade_share = trade_share
@@ -271,6 +328,24 @@ class Market:
         # Pre-trade symbols are listed but have no market activity.
         self.active = [name for name, spec in self.specs.items() if spec.status == "trading"]
         self._last_ts = 0
+        self._aliases: dict[str, str] = {}
+        self._deriv: dict[str, _DerivParams] = {}
+
+    # ---- names ----------------------------------------------------------------------------------
+
+    def alias(self, alias: str, symbol: str) -> None:
+        """Let `alias` (a front-end's wire id) stand for `symbol` wherever this market takes a symbol."""
+        if symbol not in self.specs:
+            raise KeyError(symbol)
+        if alias == symbol:
+            return
+        if alias in self.specs or self._aliases.get(alias, symbol) != symbol:
+            raise ValueError(f"{alias!r} already names another symbol")
+        self._aliases[alias] = symbol
+
+    def resolve(self, name: str) -> str:
+        """The symbol that `name` (a symbol or an alias) stands for; unknown names come back unchanged."""
+        return self._aliases.get(name, name)
 
     # ---- driving the market -------------------------------------------------------------------
 
@@ -280,7 +355,7 @@ class Market:
 
     def step(self, symbol: str | None = None, ts_ms: int | None = None) -> MarketEvent:
         """Advance one symbol (random if not given) by one event and return what changed."""
-        name = symbol if symbol is not None else self.rng.choice(self.active)
+        name = self._aliases.get(symbol, symbol) if symbol is not None else self.rng.choice(self.active)
         book = self._books[name]
         if book.spec.status != "trading":
             raise ValueError(f"{name} is not trading")
@@ -412,28 +487,31 @@ class Market:
 
     # ---- ground truth ---------------------------------------------------------------------------
 
+    def _book(self, symbol: str) -> SymbolBook:
+        return self._books[self._aliases.get(symbol, symbol)]
+
     def spec(self, symbol: str) -> SymbolSpec:
-        return self.specs[symbol]
+        return self._book(symbol).spec
 
     def seq(self, symbol: str) -> int:
-        return self._books[symbol].seq
+        return self._book(symbol).seq
 
     def book(self, symbol: str) -> BookView:
-        state = self._books[symbol]
+        state = self._book(symbol)
         dec, sdec = state.spec.price_decimals, state.spec.size_decimals
         bids = {format_units(p, dec): format_units(state.bids[p], sdec) for p in state.sorted_prices(BID)}
         asks = {format_units(p, dec): format_units(state.asks[p], sdec) for p in state.sorted_prices(ASK)}
-        return BookView(symbol, state.seq, state.ts_ms, bids, asks)
+        return BookView(state.spec.name, state.seq, state.ts_ms, bids, asks)
 
     def trades(self, symbol: str) -> list[Trade]:
-        return list(self._books[symbol].trades)
+        return list(self._book(symbol).trades)
 
     def recent_trades(self, symbol: str, count: int) -> list[Trade]:
         """The last `count` trades, oldest first."""
-        return self._books[symbol].trades[-count:] if count > 0 else []
+        return self._book(symbol).trades[-count:] if count > 0 else []
 
     def last_price(self, symbol: str) -> str:
-        state = self._books[symbol]
+        state = self._book(symbol)
         return format_units(state.last_price, state.spec.price_decimals)
 
     def klines(
@@ -448,7 +526,7 @@ class Market:
         With `fill_gaps`, intervals without trades between the first candle and `until_s` (or the last
         candle) become flat candles at the previous close with zero volume, as exchanges serve them.
         """
-        state = self._books[symbol]
+        state = self._book(symbol)
         width = step_minutes * 60
         merged: dict[int, _Candle] = {}
         for minute in sorted(state.candles):
@@ -470,7 +548,7 @@ class Market:
 
     def current_kline(self, symbol: str, step_minutes: int = 1) -> Kline | None:
         """The latest (possibly still open) candle of `step_minutes`, without scanning the history."""
-        state = self._books[symbol]
+        state = self._book(symbol)
         if not state.candles:
             return None
         width = step_minutes * 60
@@ -500,7 +578,7 @@ class Market:
 
     def stats_24h(self, symbol: str, now_ms: int) -> Stats24h:
         """Rolling 24 h ticker statistics from the 1-minute candles."""
-        state = self._books[symbol]
+        state = self._book(symbol)
         spec = state.spec
         since = now_ms // 1000 - 86_400
         window = [state.candles[m] for m in sorted(m for m in state.candles if m >= since)]
@@ -525,6 +603,46 @@ class Market:
             format_units(fluct, 5) if fluct else "0",
         )
 
+    def derivatives(self, symbol: str, ts_ms: int) -> DerivState:
+        """Mark, index, funding and open interest of `symbol` at `ts_ms`.
+
+        A function of the book mid, `ts_ms` and per-symbol constants drawn once from a separate
+        `random.Random(f"{seed}:{symbol}:deriv")`: it never draws from the market's own stream (spot
+        output stays the same whether or not anyone asks), and the order of calls does not matter.
+        The mark is the mid on the tick grid; the index oscillates a few basis points around it; the
+        funding rate is a per-symbol base rate plus the premium of mark over index.
+        """
+        state = self._book(symbol)
+        spec = state.spec
+        params = self._deriv.get(spec.name)
+        if params is None:
+            rng = random.Random(f"{self.seed}:{spec.name}:deriv")
+            params = self._deriv[spec.name] = _DerivParams(rng, state.typical_lots)
+        mark = max(1, round(state.mid()))
+
+        def index_at(t: int) -> int:
+            angle = 2 * math.pi * t / params.basis_period_ms + params.basis_phase
+            return max(1, round(mark * (1 - params.basis_bp * 1e-4 * math.sin(angle))))
+
+        def rate_at(t: int) -> int:
+            index = index_at(t)
+            premium = (mark - index) / index
+            rate = params.base_rate + max(-0.0005, min(0.0005, premium / 8))
+            return round(rate * 10**RATE_DECIMALS)
+
+        next_funding = (ts_ms // FUNDING_PERIOD_MS + 1) * FUNDING_PERIOD_MS
+        angle = 2 * math.pi * ts_ms / params.oi_period_ms + params.oi_phase
+        oi_lots = max(1, round(params.oi_lots * (1 + 0.25 * math.sin(angle))))
+        pd = spec.price_decimals
+        return DerivState(
+            format_units(mark, pd),
+            format_units(index_at(ts_ms), pd),
+            format_units(rate_at(ts_ms), RATE_DECIMALS),
+            format_units(rate_at(next_funding), RATE_DECIMALS),
+            next_funding,
+            format_units(oi_lots, spec.size_decimals),
+        )
+
 
 def _copy(candle: _Candle) -> _Candle:
     out = _Candle(candle.open)
@@ -535,19 +653,19 @@ def _copy(candle: _Candle) -> _Candle:
 # ---- symbol catalogues ----------------------------------------------------------------------------
 
 DEFAULT_SPECS: tuple[SymbolSpec, ...] = (
-    SymbolSpec("BTC_USDT", "BTC", "USDT", 2, 5, "64949.02", "0.25"),
-    SymbolSpec("ETH_USDT", "ETH", "USDT", 2, 4, "3421.55", "2.5"),
-    SymbolSpec("SOL_USDT", "SOL", "USDT", 3, 3, "145.320", "40"),
-    SymbolSpec("XRP_USDT", "XRP", "USDT", 5, 1, "0.52341", "5000"),
-    SymbolSpec("DOGE_USDT", "DOGE", "USDT", 6, 0, "0.123456", "20000"),
-    SymbolSpec("BMX_ETH", "BMX", "ETH", 8, 2, "0.00008123", "1500"),
+    SymbolSpec("BTC-USDT", "BTC", "USDT", 2, 5, "64949.02", "0.25"),
+    SymbolSpec("ETH-USDT", "ETH", "USDT", 2, 4, "3421.55", "2.5"),
+    SymbolSpec("SOL-USDT", "SOL", "USDT", 3, 3, "145.320", "40"),
+    SymbolSpec("XRP-USDT", "XRP", "USDT", 5, 1, "0.52341", "5000"),
+    SymbolSpec("DOGE-USDT", "DOGE", "USDT", 6, 0, "0.123456", "20000"),
+    SymbolSpec("BMX-ETH", "BMX", "ETH", 8, 2, "0.00008123", "1500"),
 )
 # Listed in the market list but not tradable yet: a recorder must filter it out.
-PRE_TRADE_SPEC = SymbolSpec("NEWT_USDT", "NEWT", "USDT", 4, 2, "1.0000", "100", status="pre-trade")
+PRE_TRADE_SPEC = SymbolSpec("NEWT-USDT", "NEWT", "USDT", 4, 2, "1.0000", "100", status="pre-trade")
 
 
 def synthetic_specs(count: int, quote: str = "USDT", seed: int = 0) -> list[SymbolSpec]:
-    """`count` made-up trading symbols (SYN001_USDT, ...) with varied prices and precisions."""
+    """`count` made-up trading symbols (SYN001-USDT, ...) with varied prices and precisions."""
     rng = random.Random(seed ^ 0x5EED)
     specs = []
     for i in range(1, count + 1):
@@ -558,7 +676,7 @@ def synthetic_specs(count: int, quote: str = "USDT", seed: int = 0) -> list[Symb
         typical = format_units(max(1, round(1000 / 10**magnitude * 10**size_dec)), size_dec)
         specs.append(
             SymbolSpec(
-                f"SYN{i:03d}_{quote}",
+                f"SYN{i:03d}-{quote}",
                 f"SYN{i:03d}",
                 quote,
                 price_dec,
@@ -571,7 +689,8 @@ def synthetic_specs(count: int, quote: str = "USDT", seed: int = 0) -> list[Symb
 
 
 def resolve_specs(symbols: Sequence[str | SymbolSpec] | int | None, seed: int = 0) -> list[SymbolSpec]:
-    """Known names use DEFAULT_SPECS, unknown names get synthetic specs, an int asks for N synthetic ones."""
+    """Known names use DEFAULT_SPECS, unknown `BASE-QUOTE` names get synthetic specs, an int asks for N
+    synthetic ones."""
     if symbols is None:
         return list(DEFAULT_SPECS)
     if isinstance(symbols, int):
@@ -586,7 +705,7 @@ def resolve_specs(symbols: Sequence[str | SymbolSpec] | int | None, seed: int = 
             out.append(known[item])
         else:
             template = next(extra)
-            base, _, quote = item.partition("_")
+            base, _, quote = item.partition("-")
             out.append(
                 SymbolSpec(
                     item,

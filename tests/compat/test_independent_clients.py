@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from recorder.sim.bitmart import BitmartSpotSim
+from recorder.sim import BitmartSpotSim
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -221,7 +221,9 @@ def test_official_sdk_rest_matches_simulator(sdk: Any) -> None:
 
         truth_trades = ts.call(sim.truth_trades, SYMBOL)
         body, _ = spot.get_v3_trades(SYMBOL, limit=10)
-        expected = [[t.symbol, str(t.ts_ms), t.price, t.size, t.side] for t in reversed(truth_trades[-10:])]
+        expected = [
+            [sim.wire(t.symbol), str(t.ts_ms), t.price, t.size, t.side] for t in reversed(truth_trades[-10:])
+        ]
         assert body["data"] == expected
 
         body, _ = spot.get_v3_ticker(SYMBOL)
@@ -324,7 +326,7 @@ def test_official_sdk_websocket_book_trades_and_keepalive(sdk: Any) -> None:
         received = [item for m in tables("spot/trade") for item in m["data"]]
         expected = [
             {
-                "symbol": t.symbol,
+                "symbol": sim.wire(t.symbol),
                 "side": t.side,
                 "price": t.price,
                 "size": t.size,

@@ -268,12 +268,13 @@ def test_market_invariants_and_trade_book_consistency(seed: int) -> None:
 
 
 def test_klines_aggregate_the_markets_own_trades() -> None:
-    market = Market(resolve_specs(["BTC_USDT"]), seed=5, clock=FakeClock())
+    btc = "BTC-USDT"  # the market's own (neutral) id
+    market = Market(resolve_specs([btc]), seed=5, clock=FakeClock())
     market.backfill(1_700_000_000_000, 1_700_000_000_000 + 30 * 60_000, 6000)
-    trades = market.trades(BTC)
+    trades = market.trades(btc)
     for step in (1, 5, 15):
-        klines = market.klines(BTC, step)
-        assert market.current_kline(BTC, step) == klines[-1]
+        klines = market.klines(btc, step)
+        assert market.current_kline(btc, step) == klines[-1]
         assert sum(k.trades for k in klines) == len(trades)
         for k in klines:
             inside = [t for t in trades if k.open_time <= t.ts_ms // 1000 < k.open_time + step * 60]

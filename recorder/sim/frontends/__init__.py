@@ -1,0 +1,1 @@
+"""Simulator front-ends: one module per venue, each a thin `recorder.sim.server.SimServer` subclass."""
