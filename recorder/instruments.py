@@ -44,7 +44,7 @@ async def fetch_instruments(session: aiohttp.ClientSession, venue: Venue, rest_u
     for _ in range(MAX_MARKET_PAGES):
         doc = await get_json(session, base + req.path, dict(req.params) or None)
         try:
-            page = venue.parse_markets(doc)
+            page = venue.parse_markets(doc, req)
         except (VenueError, KeyError, TypeError, ValueError) as exc:
             raise RecorderError(f"unexpected market list from {rest_url}: {exc}") from None
         out += page.instruments

@@ -246,9 +246,9 @@ class Venue:
     def markets_request(self) -> RestRequest:
         raise NotImplementedError
 
-    def parse_markets(self, doc: Any) -> MarketsPage:
-        """The trading instruments of a market-list answer. Raises VenueError, KeyError, TypeError
-        or ValueError on an answer it cannot read."""
+    def parse_markets(self, doc: Any, req: RestRequest) -> MarketsPage:
+        """The trading instruments of a market-list answer to `req` (so a paging venue knows which
+        page it read). Raises VenueError, KeyError, TypeError or ValueError on an answer it cannot read."""
         raise NotImplementedError
 
     def topic(self, channel: str, inst: Instrument) -> str:

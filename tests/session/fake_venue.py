@@ -82,8 +82,8 @@ class FakePeatio(Venue):
     def markets_request(self) -> RestRequest:
         return RestRequest("/public/markets", {"limit": 2, "page": 1})
 
-    def parse_markets(self, doc: Any) -> MarketsPage:
-        items, page = doc["items"], doc["page"]
+    def parse_markets(self, doc: Any, req: RestRequest) -> MarketsPage:
+        items, page = doc, int(req.params["page"])
         insts = [Instrument(f"{m['base_unit']}-{m['quote_unit']}".upper(), m["id"]) for m in items if m["state"] == "enabled"]
         more = RestRequest("/public/markets", {"limit": 2, "page": page + 1}) if len(items) == 2 else None
         return MarketsPage(insts, more)

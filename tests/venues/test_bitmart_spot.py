@@ -114,7 +114,7 @@ def test_markets_map_only_trading_symbols():
     page = bm.parse_markets(doc)
     assert page.next is None
     assert page.instruments == [Instrument("BTC-USDT", "BTC_USDT", price_tick="0.01", size_step="0.00001")]
-    assert [i.symbol for i in BitmartSpot().parse_markets(doc).instruments] == ["BTC-USDT"]
+    assert [i.symbol for i in BitmartSpot().parse_markets(doc, BitmartSpot().markets_request()).instruments] == ["BTC-USDT"]
 
 
 decimals = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("10000000"), places=8, allow_nan=False)
