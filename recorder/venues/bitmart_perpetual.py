@@ -508,7 +508,7 @@ class BitmartPerpetual(Venue):
     def markets_request(self) -> RestRequest:
         return RestRequest(MARKETS_PATH)
 
-    def parse_markets(self, doc: Any) -> MarketsPage:
+    def parse_markets(self, doc: Any, req: RestRequest) -> MarketsPage:
         return parse_markets(doc)
 
     def topic(self, channel: str, inst: Instrument) -> str:

@@ -9,6 +9,9 @@ from decimal import Decimal
 
 def base_amount(contracts: str | int, contract_size: Decimal | None) -> float:
     """`contracts` (the wire's decimal string) times the instrument's contract size, as a float."""
-    if contract_size is None:
-        return float(contracts)
-    return float(Decimal(contracts) * contract_size)
+    try:
+        if contract_size is None:
+            return float(contracts)
+        return float(Decimal(contracts) * contract_size)
+    except ArithmeticError as exc:  # decimal.InvalidOperation: not a number
+        raise ValueError(f"not a decimal amount: {contracts!r}") from exc

@@ -318,7 +318,7 @@ def test_markets_keep_trading_linear_perpetuals():
         _row(symbol="BTCUSD", quote_currency="USD", contract_size="100", status="Trading"),  # coin-M: inverse
         _row(symbol="BADUSDT", base_currency="BAD", contract_size="0", status="Trading"),
     ]
-    page = VENUE.parse_markets({"code": 1000, "message": "Ok", "data": {"symbols": rows}})
+    page = VENUE.parse_markets({"code": 1000, "message": "Ok", "data": {"symbols": rows}}, VENUE.markets_request())
     assert page.next is None
     assert page.instruments == [
         Instrument("BTC-USDT", "BTCUSDT", "perpetual", contract_size="0.001", price_tick="0.1", size_step="0.001"),

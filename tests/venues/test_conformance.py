@@ -111,3 +111,12 @@ def test_contract_sizes_convert_exactly():
     assert repr(base_amount("3", Decimal("0.1"))) == "0.3"
     assert base_amount("7", None) == 7.0
     assert repr(base_amount("123", Decimal("0.0001"))) == "0.0123"
+
+
+def test_a_bad_decimal_is_a_value_error():
+    from decimal import Decimal
+
+    from recorder.venues.units import base_amount
+
+    with pytest.raises(ValueError, match="not a decimal amount"):
+        base_amount("1.2.3", Decimal("0.1"))
