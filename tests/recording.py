@@ -1,4 +1,6 @@
-"""Shared harness for tests that run the real recorder against the real simulator in-process.
+"""Shared harness for tests that run the real recorder against the real simulator in-process, for
+every venue: functions take the exchange name and the {user symbol: wire id} map of the symbols
+recorded (BitMart spot's by default) and use only the venue-neutral simulator API (`SimServer`).
 
 Trades are checked against what the simulator wrote to our sockets, in order: per symbol, the rows
 read back in arrival order (files in name order, whose names start with their UTC publish time, then
@@ -19,9 +21,9 @@ import duckdb
 from recorder import connect
 from recorder.bookreplay import rebuild_book
 from recorder.collector import Collector, Options
-from recorder.sim import BitmartSpotSim
+from recorder.sim.server import SimServer
 
-SYMBOLS = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT"}
+SYMBOLS = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT"}  # BitMart spot's wire ids
 
 
 async def wait_for(cond, timeout: float, what: str) -> None:
@@ -36,12 +38,12 @@ def books_valid(c: Collector) -> bool:
     return all(s.book.valid for s in c.streams.values())
 
 
-async def caught_up(c: Collector, sim: BitmartSpotSim) -> bool:
+async def caught_up(c: Collector, sim: SimServer) -> bool:
     await sim.drain()
-    return all(s.book.valid and s.book.seq == sim.version(s.wire) for s in c.streams.values())
+    return all(s.book.valid and s.book.seq == sim.truth_seq(sim.market.resolve(s.wire)) for s in c.streams.values())
 
 
-def options(tmp_path: Path, sim: BitmartSpotSim, **kw) -> Options:
+def options(tmp_path: Path, sim: SimServer, **kw) -> Options:
     return Options(data_dir=tmp_path, ws_url=sim.ws_url, rest_url=sim.rest_url, flush_interval=1.0, **kw)
 
 
@@ -50,14 +52,14 @@ async def start(collector: Collector) -> asyncio.Task:
     return asyncio.create_task(collector.run())
 
 
-async def quiesce(sim: BitmartSpotSim) -> None:
+async def quiesce(sim: SimServer) -> None:
     """Freeze the market and let what was sent reach the recorder."""
     sim.pause()
     await sim.drain()
     await asyncio.sleep(0.5)  # the recorder reads what is in flight
 
 
-async def settle(collector: Collector, sim: BitmartSpotSim, timeout: float = 10) -> None:
+async def settle(collector: Collector, sim: SimServer, timeout: float = 10) -> None:
     """Freeze the market and wait until the recorder has received everything the simulator sent."""
     sim.pause()
     deadline = time.monotonic() + timeout
@@ -66,17 +68,19 @@ async def settle(collector: Collector, sim: BitmartSpotSim, timeout: float = 10)
         await asyncio.sleep(0.05)
 
 
-async def finish(collector: Collector, sim: BitmartSpotSim, task: asyncio.Task) -> None:
+async def finish(collector: Collector, sim: SimServer, task: asyncio.Task) -> None:
     """Freeze the market, let the recorder catch up with the truth, stop it cleanly."""
     await settle(collector, sim)
     collector.stop()
     await asyncio.wait_for(task, 10)
 
 
-def assert_book_matches_truth(tmp_path: Path, sim: BitmartSpotSim) -> None:
-    for user, wire in SYMBOLS.items():
+def assert_book_matches_truth(
+    tmp_path: Path, sim: SimServer, exchange: str = "bitmart", symbols: dict[str, str] = SYMBOLS
+) -> None:
+    for user, wire in symbols.items():
         version, bids, asks = sim.truth_book(wire)
-        rebuilt = rebuild_book(tmp_path, "bitmart", user)
+        rebuilt = rebuild_book(tmp_path, exchange, user)
         assert rebuilt.seq == version
         assert rebuilt.bids == bids
         assert rebuilt.asks == asks
@@ -92,7 +96,7 @@ def _key(t) -> Key:  # noqa: ANN001
     return (t.ts_ms * 1000, t.side, t.price_f, t.size_f)
 
 
-def sent_in_arrival_order(sim: BitmartSpotSim, wire: str) -> list[Key]:
+def sent_in_arrival_order(sim: SimServer, wire: str) -> list[Key]:
     """What the recorder must hold for `wire`, in the order it must hold it.
 
     Each connection's trades in the order that connection was sent them, connection after connection
@@ -150,23 +154,29 @@ def assert_same_sequence(got: list[Key], want: list[Key], what: str) -> None:
     )
 
 
-def assert_every_sent_trade_once(tmp_path: Path, sim: BitmartSpotSim, min_trades: int = MIN_TRADES) -> None:
+def assert_every_sent_trade_once(
+    tmp_path: Path,
+    sim: SimServer,
+    min_trades: int = MIN_TRADES,
+    exchange: str = "bitmart",
+    symbols: dict[str, str] = SYMBOLS,
+) -> None:
     """Every trade the simulator sent is in `trades` once, in the order it was sent, per symbol."""
     con = connect(tmp_path)
-    for user, wire in SYMBOLS.items():
+    for user, wire in symbols.items():
         want = sent_in_arrival_order(sim, wire)
         assert len(want) >= min_trades, f"{user}: only {len(want)} trades sent, too few to show periodic loss"
-        got = recorded_in_arrival_order(tmp_path, user)
+        got = recorded_in_arrival_order(tmp_path, user, exchange)
         assert_same_sequence(got, want, user)
         # the view users query holds exactly these rows too
         (n,) = con.execute("select count(*) from trades where symbol = ?", [user]).fetchone()
         assert n == len(got), f"{user}: the trades view has {n} rows, its files {len(got)}"
 
 
-async def record_trades(sim: BitmartSpotSim, n: int, timeout: float = 30) -> None:
+async def record_trades(sim: SimServer, n: int, timeout: float = 30, symbols: dict[str, str] = SYMBOLS) -> None:
     """Let the market run until the simulator has sent `n` more trades of every symbol."""
     def sent() -> dict[str, int]:
-        return {w: sum(len(c.sent_trades.get(w, ())) for c in sim.connections) for w in SYMBOLS.values()}
+        return {w: sum(len(c.sent_trades.get(w, ())) for c in sim.connections) for w in symbols.values()}
 
     start = sent()
     await wait_for(lambda: all(v >= start[w] + n for w, v in sent().items()), timeout, f"{n} more trades each")
