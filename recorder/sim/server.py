@@ -271,6 +271,10 @@ class SimServer(abc.ABC):
         """Full-speed mode: encode `events` (a lazy stream of `tape_events`) for `start_tape`."""
         raise NotImplementedError(f"{type(self).__name__} has no full-speed mode")
 
+    def book_topic(self, wire: str) -> str | None:
+        """The wire topic of `wire`'s incremental book (fault injection picks a watched book)."""
+        return None
+
     @abc.abstractmethod
     def truth_seq(self, symbol: str) -> int:
         """The venue's current sequence number (version) of market id `symbol`'s book."""

@@ -212,6 +212,9 @@ class BitmartSpotSim(SimServer):
     def neutral(self, wire: str) -> str:
         return wire.replace("_", "-")
 
+    def book_topic(self, wire: str) -> str:
+        return f"{INCREASE}:{wire}"
+
     def truth_seq(self, symbol: str) -> int:
         return self._version_base[symbol] + self.market.seq(symbol)
 
