@@ -1,30 +1,34 @@
-"""The `recorder` command line: thin typer commands over library functions."""
+"""The `recorder` command line: thin typer commands over library functions.
+
+Process wiring (recording with a status table, the simulator, SQL output, the candles sub-app, the
+error guard) lives in `recorder/app/`, imported inside the commands; library modules import neither.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from recorder import checks, venues
+from recorder.app.candles import app as candles_app
+from recorder.app.guard import DEBUG_HELP, fail, run_guarded
 from recorder.errors import RecorderError
+from recorder.sim.faults import FAULTS, parse_faults
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Record exchange market data into Parquet, query it with DuckDB, build candles.",
+    epilog=DEBUG_HELP,
 )
+app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
 err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+EXCHANGES = f"one of: {', '.join(venues.names())} (any case)"
+CHANNELS = "; ".join(f"{n}: {','.join(venues.venue(n).channels)}" for n in venues.names())
 
 
 def _channels(exchange: str, value: str | None) -> tuple[str, ...] | None:
@@ -38,11 +42,11 @@ def _channels(exchange: str, value: str | None) -> tuple[str, ...] | None:
 
 @app.command()
 def run(
-    exchange: str = typer.Argument(..., help=f"one of: {', '.join(venues.names())}"),
+    exchange: str = typer.Argument(..., help=EXCHANGES),
     symbols: list[str] = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where Parquet goes"),
     channels: str | None = typer.Option(
-        None, "--channels", help="comma list of the venue's channels (default: all it offers; bitmart: trades,book)"
+        None, "--channels", help=f"comma list of the venue's channels (default: its default set; {CHANNELS})"
     ),
     duration: float | None = typer.Option(None, "--duration", help="stop cleanly after this many seconds"),
     sim: bool = typer.Option(False, "--sim", help="record from the built-in simulator on 127.0.0.1"),
@@ -75,12 +79,12 @@ def run(
         sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
         asyncio.run(record(exchange, symbols, opts, sim=sim_options, status=not quiet))
 
-    _guard(go)
+    run_guarded(go)
 
 
 @app.command()
 def simulate(
-    exchange: str = typer.Argument("bitmart"),
+    exchange: str = typer.Argument(..., help=EXCHANGES),
     port: int = typer.Option(8765, "--port", help="TCP port (0: any free port; the real one is printed)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
     seed: int = typer.Option(0, "--seed"),
@@ -89,15 +93,13 @@ def simulate(
     fault: str | None = typer.Option(
         None,
         "--fault",
-        help="inject these faults, round robin, for real on the open sockets: comma list of "
-        "all, gap, duplicate, stale, disconnect, hang, garbage, deflate, bomb, oversized, subscribe, "
-        "rest429, rest5xx",
+        help="inject these faults, round robin, for real on the open sockets: comma list of all, "
+        + ", ".join(FAULTS),
     ),
     fault_every: float = typer.Option(10.0, "--fault-every", help="seconds between two injected faults"),
 ) -> None:
     """Run an exchange simulator standalone (prints its ws and rest URLs and where it listens)."""
     from recorder.app.simulate import simulate_forever
-    from recorder.sim.faults import parse_faults
 
     def go() -> None:
         checks.tcp_port(port)
@@ -108,7 +110,7 @@ def simulate(
         faults = parse_faults(fault)
         asyncio.run(simulate_forever(exchange, host, port, seed, rate, symbols, faults, fault_every))
 
-    _guard(go)
+    run_guarded(go)
 
 
 @app.command()
@@ -128,7 +130,7 @@ def sql(
         fail("--format must be table, csv or json")
     if limit < 1:
         fail("--max-rows must be 1 or more")
-    _guard(lambda: run_sql(query, data_dir, fmt, limit, write=write))
+    run_guarded(lambda: run_sql(query, data_dir, fmt, limit, write=write))
 
 
 @app.command()
@@ -154,7 +156,7 @@ def compact(
         for s in res.skipped:  # left in place: one greppable line each
             err.print(f"warning: left alone {s.path}: {s.reason}", highlight=False, soft_wrap=True)
 
-    _guard(go)
+    run_guarded(go)
 
 
 @app.command()
@@ -185,7 +187,7 @@ def replay(
             highlight=False,
         )
 
-    _guard(go)
+    run_guarded(go)
 
 
 @app.command()
@@ -214,29 +216,7 @@ def status(
             for s in skipped:
                 print(f"  {s.table}: {s.path}: {s.reason}")
 
-    _guard(go)
-
-
-from recorder.app.candles import app as candles_app  # noqa: E402
-
-app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
-
-
-def _guard(fn) -> None:
-    """Run a command body: bad input is one clear line and a non-zero exit, never a traceback."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        fn()
-    except RecorderError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - last line of defence for the user's terminal
-        if "--debug" in sys.argv:
-            raise
-        fail(f"{type(exc).__name__}: {exc}", code=1)
+    run_guarded(go)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from recorder.model import BOOK, ERROR, STOP, TRADES, Cause
 from recorder.session.dispatcher import STALE, Dispatcher, Topic
 from recorder.session.stream import Stream, now_us
 from recorder.storage.checkpoint import RunLock, lock_stream, release, run_is_alive, sources_metadata
+from recorder.storage.layout import check_writable
 from recorder.storage.rawlog import RESERVE_BYTES, RawLog
 from recorder.storage.sink import ParquetSink, recover
 from recorder.transport import SendLimiter, get_json, new_session
@@ -128,15 +129,19 @@ class Collector:
     def _on_write_error(self, message: str) -> None:
         self._disk_trouble(message)
 
-    async def prepare(self) -> None:
-        """Validate everything that can be wrong before recording: data dir, symbols, endpoint."""
+    async def prepare(self, recovered: bool = False) -> None:
+        """Validate everything that can be wrong before recording: data dir, symbols, endpoint.
+
+        `recovered`: the caller has already checked the data dir is writable and recovered it
+        (`recorder.app.record` does, with crash recovery from raw logs); else both happen here."""
         data_dir = self.options.data_dir
         if data_dir is None:
             self.options.raw = False
         else:
-            check_writable(data_dir)
+            if not recovered:
+                check_writable(data_dir)
+                recover(data_dir, alive=lambda run: run_is_alive(data_dir, run))
             self.lock = RunLock(data_dir)
-            recover(data_dir, alive=lambda run: run_is_alive(data_dir, run))
         self.session = new_session()
         try:
             listed = await fetch_instruments(self.session, self.venue, self.rest_url)
@@ -386,16 +391,6 @@ class Collector:
                         topic = conn.dispatcher.book_by_wire.get(s.wire)
                         if topic is not None and topic.stream is s:
                             conn.execute([Resync(topic.name)])
-
-
-def check_writable(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / f".write-probe-{time.time_ns()}.tmp"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise RecorderError(f"data dir {str(data_dir)!r} is not writable: {exc.strerror or exc}") from None
 
 
 def channels_of(exchange: str, chosen: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:

@@ -14,8 +14,9 @@ import pytest
 from .processes import RECORDER
 
 
-def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([RECORDER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([RECORDER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -225,3 +226,58 @@ def test_help_lists_every_candles_command_and_the_true_row_group_size(tmp_path):
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert f"(row groups of up to {ROW_GROUP_SIZE // 1_000_000}M rows)" in readme
     assert "`derivative_ticker`" in readme
+
+
+# ---- issue 8: one error guard for every command, help from the venue registry -----------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "nope", "BTC-USDT", "--sim"),
+        ("simulate", "NOPE"),
+        ("candles", "build", "--exchange", "nope"),
+        ("candles", "backfill", "nope", "BTC-USDT"),
+        ("candles", "verify", "nope", "BTC-USDT"),
+        ("candles", "watch", "nope", "BTC-USDT", "--sim"),
+    ],
+)
+def test_an_unknown_exchange_is_one_line_in_every_command(tmp_path, args):
+    (tmp_path / "data").mkdir()
+    p = run(*args, cwd=tmp_path, timeout=30)
+    assert_one_line_error(p, "unknown exchange", "known: ")
+    assert p.returncode == 2
+    assert not any((tmp_path / "data").iterdir())
+
+
+def test_recorder_debug_shows_the_traceback_the_one_line_hides(tmp_path):
+    assert_one_line_error(run("run", "nope", "BTC-USDT", "--sim", cwd=tmp_path), "unknown exchange")
+    p = run("run", "nope", "BTC-USDT", "--sim", cwd=tmp_path, env={"RECORDER_DEBUG": "1"})
+    assert p.returncode != 0 and "Traceback" in p.stderr and "RecorderError: unknown exchange" in p.stderr
+    assert "RECORDER_DEBUG=1" in " ".join(run("--help", cwd=tmp_path).stdout.split())
+
+
+def test_simulate_takes_the_exchange_and_help_names_every_venue(tmp_path):
+    from recorder import venues
+
+    p = run("simulate", cwd=tmp_path)
+    assert p.returncode == 2 and "Missing argument" in p.stderr and "Traceback" not in p.stderr
+    for command in (("run",), ("simulate",), ("candles", "backfill"), ("candles", "watch")):
+        text = " ".join(run(*command, "--help", cwd=tmp_path).stdout.split())
+        assert all(name in text for name in venues.names()), (command, text)
+
+
+def test_a_reader_that_goes_away_early_is_not_an_error(tmp_path):
+    """`recorder sql ... | head -1`: no error line, no traceback; the exit status of a SIGPIPE."""
+    (tmp_path / "data").mkdir()
+    for fmt in ("csv", "json"):
+        proc = subprocess.Popen(
+            [RECORDER, "sql", "select range from range(2000000)", "--format", fmt],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        proc.stdout.read(10)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141, err
+        assert err == "", err
+

@@ -1,24 +1,24 @@
-"""`recorder candles ...`: thin typer commands over build_candles, backfill and verify."""
+"""`recorder candles ...`: the candles typer sub-app, thin commands over build_candles, backfill,
+verify and the terminal watch.
+
+In app/, not candles/: it uses the process wiring (the one error guard, the terminal watch), and the
+library package `recorder.candles` never imports `recorder.app`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from recorder import checks
-from recorder.candles.backfill import backfill as run_backfill
-from recorder.candles.build import build_candles
-from recorder.candles.intervals import DEFAULT_INTERVALS, parse_intervals
+from recorder import checks, venues
+from recorder.app.guard import DEBUG_HELP, run_guarded
+from recorder.candles.intervals import DEFAULT_INTERVALS, INTERVALS, parse_intervals
 from recorder.candles.verify import ATOL, RTOL, VerifyResult
-from recorder.candles.verify import verify as run_verify
-from recorder.errors import RecorderError
 
 app = typer.Typer(
     add_completion=False,
@@ -26,21 +26,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Candles: build them from recorded trades, backfill the exchange's own, verify one against the other, "
     "watch them live.",
+    epilog=DEBUG_HELP,
 )
 out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
 
 DATA_DIR = typer.Option(Path("data"), "--data-dir", help="the recorder's data dir")
-
-
-def _guard(call: Callable[[], T]) -> T:
-    """Bad input ends the command with one clear line on stderr and exit status 2, no traceback."""
-    try:
-        return call()
-    except (RecorderError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+EXCHANGES = f"one of: {', '.join(venues.names())}"
+KLINE_INTERVALS = "; ".join(
+    f"{n}: {' '.join(v.klines.intervals)}" for n in venues.names() if (v := venues.venue(n)).klines is not None
+)
+# The candles library raises ValueError for a bad interval, count or time: bad input, not a bug.
+BAD_INPUT = (ValueError,)
 
 
 @app.command()
@@ -52,7 +48,14 @@ def build(
     fill: bool = typer.Option(False, "--fill", help="write flat zero-volume candles where no trade happened"),
 ) -> None:
     """Aggregate recorded trades into the `candles` table (incremental: only changed dates are redone)."""
-    report = _guard(lambda: build_candles(data_dir, exchange, symbol, parse_intervals(interval), fill=fill))
+    from recorder.candles.build import build_candles
+
+    report = run_guarded(
+        lambda: build_candles(
+            data_dir, exchange and venues.canonical(exchange), symbol, parse_intervals(interval), fill=fill
+        ),
+        BAD_INPUT,
+    )
     counts = Counter(a[3] for a in report.actions)
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing to do"
     out.print(
@@ -64,9 +67,9 @@ def build(
 
 @app.command()
 def backfill(
-    exchange: str = typer.Argument(..., help="bitmart"),
+    exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
-    interval: str = typer.Option("1m", "--interval", help="1m 5m 15m 1h 4h 1d"),
+    interval: str = typer.Option("1m", "--interval", help=f"one of the venue's kline intervals ({KLINE_INTERVALS})"),
     start: str | None = typer.Option(
         None, "--start", help="ISO time or epoch seconds (default: end - 1 day)"
     ),
@@ -76,8 +79,11 @@ def backfill(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Fetch the exchange's own klines into `exchange_candles` (resumable; re-runs add no duplicates)."""
-    report = _guard(
-        lambda: run_backfill(data_dir, exchange, symbol, interval, start, end, rest_url, progress=not quiet)
+    from recorder.candles.backfill import backfill as run_backfill
+
+    report = run_guarded(
+        lambda: run_backfill(data_dir, exchange, symbol, interval, start, end, rest_url, progress=not quiet),
+        BAD_INPUT,
     )
     out.print(
         f"exchange_candles: {report.rows_fetched:,} {interval} klines of {report.symbol} "
@@ -90,7 +96,7 @@ def backfill(
 
 @app.command()
 def verify(
-    exchange: str = typer.Argument(..., help="exchange name"),
+    exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE"),
     interval: str = typer.Option("1m", "--interval"),
     start: str | None = typer.Option(None, "--start", help="default: first stored exchange candle"),
@@ -101,7 +107,11 @@ def verify(
     show: int = typer.Option(20, "--show", help="list at most this many mismatching fields"),
 ) -> None:
     """Compare built candles with exchange candles; exit 0 only if every complete built candle matches."""
-    result = _guard(lambda: run_verify(data_dir, exchange, symbol, interval, start, end, rtol, atol))
+    from recorder.candles.verify import verify as run_verify
+
+    result = run_guarded(
+        lambda: run_verify(data_dir, venues.canonical(exchange), symbol, interval, start, end, rtol, atol), BAD_INPUT
+    )
     out.print(_summary(result))
     if result.mismatches and show > 0:
         out.print(_mismatch_table(result, show))
@@ -114,9 +124,9 @@ def verify(
 
 @app.command()
 def watch(
-    exchange: str = typer.Argument(..., help="bitmart"),
+    exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
-    interval: str = typer.Option("1m", "--interval", help="1s 1m 5m 15m 1h 4h 1d"),
+    interval: str = typer.Option("1m", "--interval", help=" ".join(INTERVALS)),
     rows: int = typer.Option(15, "--rows", help="candles shown"),
     max_candles: int = typer.Option(500, "--max-candles", help="candles kept (and backfilled on start)"),
     grace: float = typer.Option(
@@ -132,18 +142,15 @@ def watch(
     sim_options = {"rate": sim_rate} if sim else None
 
     def go() -> None:
+        from recorder.app.watch import watch as run_watch
+
         checks.positive(duration, "--duration")  # 0 or less would stop before the first candle
         checks.positive(sim_rate, "--sim-rate", "events per second")
         asyncio.run(
             run_watch(exchange, symbol, interval, ws_url, rest_url, sim_options, duration, rows, max_candles, grace)
         )
 
-    try:
-        from recorder.app.watch import watch as run_watch
-
-        _guard(go)
-    except KeyboardInterrupt:  # before the signal handlers are in place
-        raise typer.Exit(0) from None
+    run_guarded(go, BAD_INPUT, interrupted=0)  # Ctrl-C is how a watch ends, even at start-up
 
 
 def _summary(r: VerifyResult) -> Table:

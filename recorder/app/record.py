@@ -13,9 +13,10 @@ from rich.table import Table
 
 from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
-from recorder.collector import Collector, Options, Unwritten, check_writable
+from recorder.collector import Collector, Options, Unwritten
 from recorder.errors import RecorderError
 from recorder.recovery import recover_data_dir
+from recorder.storage.layout import check_writable
 
 
 async def record(
@@ -37,22 +38,15 @@ async def record(
         simulator = await start_simulator(exchange, sim)
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
+    restore_signals = None
     try:
         console = Console(stderr=True)
         collector = Collector(exchange, symbols, opts)
-        check_writable(opts.data_dir)
-        try:
-            recovered = await asyncio.to_thread(recover_data_dir, opts.data_dir, console.print)
-        except OSError as exc:  # e.g. the disk is still full: nothing is lost, the raw logs stay
-            raise RecorderError(
-                f"cannot recover crashed run(s) into {opts.data_dir}: {exc.strerror or exc}; "
-                "their raw logs are kept and the next start tries again"
-            ) from None
-        if recovered.runs:
-            console.print(f"recovered {recovered.rows:,} rows of {recovered.runs} crashed run(s) from raw logs")
-        await collector.prepare()
+        if opts.data_dir is not None:
+            await _check_and_recover(opts.data_dir, console)
+        await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
         if signals:
-            install_signal_handlers(collector.stop)
+            restore_signals = install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty()
         console.print(
             f"recording {collector.exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
@@ -74,8 +68,24 @@ async def record(
             raise RecorderError(unwritten_message(left, opts.data_dir, collector.write_errors[-1]))
         return collector
     finally:
+        if restore_signals is not None:
+            restore_signals()
         if simulator is not None:
             await simulator.stop()
+
+
+async def _check_and_recover(data_dir: Path, console: Console) -> None:
+    """The data dir is writable, and what crashed runs left in it is recovered from their raw logs."""
+    check_writable(data_dir)
+    try:
+        recovered = await asyncio.to_thread(recover_data_dir, data_dir, console.print)
+    except OSError as exc:  # e.g. the disk is still full: nothing is lost, the raw logs stay
+        raise RecorderError(
+            f"cannot recover crashed run(s) into {data_dir}: {exc.strerror or exc}; "
+            "their raw logs are kept and the next start tries again"
+        ) from None
+    if recovered.runs:
+        console.print(f"recovered {recovered.rows:,} rows of {recovered.runs} crashed run(s) from raw logs")
 
 
 def unwritten_message(u: Unwritten, data_dir: Path | None, why: str) -> str:

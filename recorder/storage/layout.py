@@ -13,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
+from recorder.errors import RecorderError
+
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
 _RUN: tuple[int, str] | None = None
 
@@ -52,3 +54,14 @@ def temp_path(final: Path) -> Path:
 
 def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def check_writable(data_dir: Path) -> None:
+    """Create `data_dir` if needed and prove a file can be written there; RecorderError if not."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-probe-{time.time_ns()}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RecorderError(f"data dir {str(data_dir)!r} is not writable: {exc.strerror or exc}") from None
