@@ -31,7 +31,6 @@ from recorder.lake import check_files, partition_problem
 from recorder.model import CHANNEL_SPECS, STOP, Cause, legacy_cause, tables_for
 from recorder.session.dispatcher import Dispatcher, Topic
 from recorder.session.stream import Stream
-from recorder.venues.contract import Instrument
 from recorder.storage.checkpoint import (
     lock_held,
     read_sources,
@@ -55,6 +54,7 @@ from recorder.storage.rawlog import (
     read_records,
 )
 from recorder.storage.sink import DAY_US, ParquetSink
+from recorder.venues.contract import Instrument
 
 CRASH_DETAIL = "crash: the recording ended without a clean stop (rows re-derived from the raw log)"
 _LOG_NAME = re.compile(r"^[^-]+-(?P<run>[^-]+)-c(?P<conn>\d+)p(?P<part>\d+)" + re.escape(SUFFIX) + "$")

@@ -81,11 +81,11 @@ from recorder.candles.state import (
     repacked,
     state_lock,
 )
+from recorder.instruments import normalize
 from recorder.lake import check_data_dir, scan_table
 from recorder.model import SCHEMAS, TRADES
 from recorder.storage.layout import partition_dir, unique_name
 from recorder.storage.sink import DAY_US, recover, replace_partition_files, write_parquet_atomic
-from recorder.instruments import normalize
 
 __all__ = [  # the builder, and names other modules have imported from here
     "DEFAULT_INTERVALS",

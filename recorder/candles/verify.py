@@ -25,8 +25,8 @@ from recorder import venues
 from recorder.candles.backfill import TimeLike, parse_time
 from recorder.candles.intervals import INTERVALS
 from recorder.errors import RecorderError
-from recorder.query import connect
 from recorder.instruments import normalize
+from recorder.query import connect
 
 FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "trades")
 RTOL = 1e-9

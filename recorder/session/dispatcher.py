@@ -33,7 +33,7 @@ from recorder.model import (
 from recorder.session.book import NEED_RESYNC, Outcome
 from recorder.session.stream import Stream
 from recorder.storage.rawlog import BADFRAME, RawLog
-from recorder.venues.contract import Codec, Intent, Resync, RestPoll, VenueError
+from recorder.venues.contract import Codec, Intent, RestPoll, Resync, VenueError
 
 log = logging.getLogger("recorder")
 

@@ -6,7 +6,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from recorder.model import DEFAULT_CAUSE, BookSnapshotRow, DerivativeTicker, DerivativeTickerRow, EventRow, TradeBatch
+from recorder.model import (
+    DEFAULT_CAUSE,
+    BookSnapshotRow,
+    DerivativeTicker,
+    DerivativeTickerRow,
+    EventRow,
+    TradeBatch,
+)
 from recorder.session.book import BookSync
 from recorder.storage.sink import ParquetSink
 from recorder.venues.contract import Instrument, SequencePolicy

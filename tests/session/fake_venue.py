@@ -14,15 +14,26 @@ from typing import Any
 
 import orjson
 
-from recorder.model import BOOK, TICKER, TRADES, BookMessage, DerivativeTicker, HeldTopics, Message, Pong, ProtocolError, TradeBatch
+from recorder.model import (
+    BOOK,
+    TICKER,
+    TRADES,
+    BookMessage,
+    DerivativeTicker,
+    HeldTopics,
+    Message,
+    Pong,
+    ProtocolError,
+    TradeBatch,
+)
 from recorder.venues.contract import (
     Endpoints,
     Instrument,
     Keepalive,
     Limits,
     MarketsPage,
-    ResyncPolicy,
     RestRequest,
+    ResyncPolicy,
     Venue,
     Verdict,
 )

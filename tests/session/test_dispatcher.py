@@ -128,7 +128,7 @@ def test_quiet_market_waits_with_backoff_and_reports_but_never_reconnects():
                 asked.append(now)
             else:
                 assert isinstance(i, Report) and i.topic == t[BOOK].name and i.cause == Cause.NO_SNAPSHOT
-    gaps = [round(b - a, 2) for a, b in zip([0.0, *asked], asked)]
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *asked], asked, strict=False)]
     assert gaps[:6] == [5.25, 5.25, 10.25, 20.25, 40.25, 60.25]  # 5 s, doubling, at most 60 s (tick 0.25 s)
     assert len(asked) > 10
 
