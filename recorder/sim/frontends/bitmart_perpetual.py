@@ -686,7 +686,7 @@ class BitmartPerpSim(SimServer):
         ]
 
     def _record(self, conn: SimConnection, channel: str, wire: str, item: dict[str, Any]) -> None:
-        if self.record_sent:
+        if self.record_sent and not conn.closed:  # a closed connection's pushes are dropped
             conn.state.setdefault(_SERVED, []).append((channel, wire, item))
 
     def _touch(self, symbol: str) -> tuple[str, str, str, str]:
