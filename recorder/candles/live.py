@@ -80,7 +80,7 @@ class Candle:
     low: float
     close: float
     volume: float
-    quote_volume: float
+    quote_volume: float | None  # None: an exchange candle without it (Peatio)
     trades: int | None
     vwap: float | None
     buy_volume: float | None
@@ -109,7 +109,7 @@ class _Bar:
     low: float
     close: float
     volume: float = 0.0
-    quote_volume: float = 0.0
+    quote_volume: float | None = 0.0
     buy_volume: float | None = 0.0
     trades: int | None = 0
     first_ts: int = 0  # exchange time of the open trade (live candles)
@@ -138,7 +138,8 @@ class _Bar:
         self.trades += 1
 
     def candle(self) -> Candle:
-        vwap = self.quote_volume / self.volume if self.volume > 0 else None
+        # an exchange candle may have no quote volume (Peatio's klines carry none): then no vwap
+        vwap = self.quote_volume / self.volume if self.volume > 0 and self.quote_volume is not None else None
         return Candle(
             EPOCH + timedelta(microseconds=self.b),
             self.open,
@@ -309,7 +310,10 @@ class LiveCandles:
         import pandas as pd
 
         bars = [self.bars[b] for b in self.keys]
-        vwap = [x.quote_volume / x.volume if x.volume > 0 else float("nan") for x in bars]
+        vwap = [
+            x.quote_volume / x.volume if x.volume > 0 and x.quote_volume is not None else float("nan")
+            for x in bars
+        ]
         df = pd.DataFrame(
             {
                 "open": pd.Series([x.open for x in bars], dtype="float64"),

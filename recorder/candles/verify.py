@@ -4,7 +4,8 @@ Tolerance: two values match when |built - exchange| <= atol + rtol * max(|built|
 rtol = 1e-9 and atol = 1e-12 by default for every float field (prices and volumes). Prices parsed
 from the same decimal string are bit-identical, so this only absorbs float summation order in
 volumes; exchanges that round their volumes (BitMart rounds quote volume) need a larger atol.
-`trades` is compared only where the exchange gives a count (BitMart klines give none).
+A field is compared only where the exchange gives it: BitMart klines give no trade count, Peatio's
+neither a trade count nor a quote volume.
 
 A verification passes when at least one complete built candle was compared and every complete
 built candle has an exchange candle that matches, and no exchange candle with volume lies inside
@@ -171,10 +172,11 @@ def _classify(result: VerifyResult, joined: pa.Table, rtol: float, atol: float) 
     equal = np.ones(len(has_b), bool)
     for f in FIELDS:
         b, e = col[f"b_{f}"].astype(float), col[f"e_{f}"].astype(float)
+        given = both & ~np.isnan(e)  # a field the exchange's klines do not carry is not compared
         if f == "trades":
-            diff = both & ~np.isnan(e) & (b != e)
+            diff = given & (b != e)
         else:
-            diff = both & ~(np.abs(b - e) <= atol + rtol * np.maximum(np.abs(b), np.abs(e)))
+            diff = given & ~(np.abs(b - e) <= atol + rtol * np.maximum(np.abs(b), np.abs(e)))
         equal &= ~diff
         for i in np.flatnonzero(diff):
             t = joined.column("open_time")[int(i)].as_py()
