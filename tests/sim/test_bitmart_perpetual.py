@@ -319,14 +319,14 @@ async def test_empty_pushes_advance_the_version_and_request_answers_a_snapshot(m
 
 async def test_full_book_channels_ccxt_uses(make_sim) -> None:
     """`futures/depth50`: the whole top 50 of one side per message (way 1 bids, 2 asks); depthAll:
-    both sides in one; on subscribe and about once a second for a changed book."""
-    sim = await make_sim(symbols=[BTC], full_book_interval=0.2)
+    both sides in one; on subscribe and then at a fixed cadence (about once a second)."""
+    sim = await make_sim(symbols=[BTC], full_book_interval=0.5)
     sim.pause()
     async with connect(sim) as ws:
         await send(ws, "subscribe", f"futures/depth50:{BTC}", f"futures/depthAll20:{BTC}@100ms")
         got = await texts(ws)
         sim.step(BTC, 30)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.6)
         got += await texts(ws)
     view = sim.market.book(BTC)
     bids, asks = view.top(50)

@@ -636,8 +636,8 @@ class BitmartPerpSim(SimServer):
                 conn.ping()
 
     def _full_book_pushes(self, now: float) -> None:
-        """Tickers to every ticker subscriber; depth, depthAll, klineBin and bookticker pushes for the
-        symbols that changed since the last round."""
+        """Every round: tickers, and the whole top N of depth/depthAll (fixed-cadence channels, pushed
+        whether or not the book moved); klineBin and bookticker pushes for symbols that changed."""
         ms_t = self.market.clock()
         changed = set(self.take_changed())
         for topic, subs in self.subscriptions():
@@ -645,11 +645,17 @@ class BitmartPerpSim(SimServer):
             if channel == TICKER:
                 for symbol in [self.listed[wire]] if wire else self.market.active:
                     self._push_ticker(symbol, topic, subs, ms_t)
-            elif wire is None or self.listed.get(wire) not in changed:
+            elif wire is None:
+                continue
+            elif channel in DEPTH or channel in DEPTH_ALL:
+                for frame in self._full_book_frames(topic, channel, self.listed[wire], ms_t):
+                    for conn in subs:
+                        conn.push_text(frame)
+            elif self.listed[wire] not in changed:
                 continue
             elif channel == BOOK_TICKER:
                 self._push_book_ticker(self.listed[wire], topic, subs)
-            elif channel in DEPTH or channel in DEPTH_ALL or channel in KLINE_STEPS:
+            elif channel in KLINE_STEPS:
                 for frame in self._full_book_frames(topic, channel, self.listed[wire], ms_t):
                     for conn in subs:
                         conn.push_text(frame)
