@@ -385,8 +385,9 @@ class BitmartPerpSim(SimServer):
 
     # ---- market events ----------------------------------------------------------------------------
 
-    def _trade_frame(self, symbol: str, trades: Sequence[Trade]) -> str:
-        """One `futures/trade` push of an event's trades, newest first (§4.5), ids assigned here."""
+    def trade_frame(self, symbol: str, trades: Sequence[Trade]) -> str:
+        """One `futures/trade` push of `trades` (one event's, of market id `symbol`), newest first
+        (§4.5), with the next trade ids: what a subscriber is sent (tests also encode history)."""
         wire = self._wire_of[symbol]
         items = []
         for i, t in enumerate(trades):
@@ -415,7 +416,7 @@ class BitmartPerpSim(SimServer):
         if event.trades:
             subs = self.subscribers(f"{TRADE}:{wire}")
             if subs:
-                frame = self._trade_frame(symbol, event.trades)
+                frame = self.trade_frame(symbol, event.trades)
                 for conn in subs:
                     conn.push_frame(frame, event.trades)  # logged as sent once written
             else:
@@ -453,7 +454,7 @@ class BitmartPerpSim(SimServer):
             tape = self._tapes[symbol]
             topic = self.book_topic(self._wire_of[symbol])
             if event.trades:
-                tape.trades.append((self._trade_frame(symbol, event.trades), tuple(event.trades)))
+                tape.trades.append((self.trade_frame(symbol, event.trades), tuple(event.trades)))
             bid, ask = self._apply(event)
             bids, asks = self._advance_windows(symbol, bid, ask)[depth]
             self._version[symbol] += 1
