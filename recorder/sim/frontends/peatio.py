@@ -19,7 +19,13 @@ The model, per market:
   `engine_restart` puts the sequence back to 1 and publishes the start snapshot (§2.3).
 - **Ranger's cache**: the last snapshot and every increment since. A new `<m>.ob-inc` subscriber
   gets the snapshot, those increments, then the ack (§1.3, §2.3). Increments that come while no
-  snapshot is cached are dropped (Rango); a later snapshot only replaces the cache.
+  snapshot is cached are dropped (Rango); a later snapshot only replaces the cache. Subscribing a
+  held `-inc` stream again replays again (the notes are silent; a replay is what was asked for).
+  Any stream name is accepted and held (Ranger routes names; `<m>.ob-snap` itself gets nothing).
+- **REST k-line**: candles only for intervals with trades (the notes are silent; Peatio 2.4+ reads
+  them from InfluxDB continuous queries, which write nothing for an empty interval), bounds
+  inclusive. Errors are 422 `{"errors": [code]}` (§3); codes other than
+  `public.market.doesnt_exist` follow Peatio's naming and are not in the notes.
 
 Faults beyond the server's: `engine_restart` (optionally with its start snapshot lost, so that a
 quiet market then has none until its book changes enough), `ranger_restart` (every socket dropped,
@@ -210,7 +216,12 @@ class PeatioSim(SimServer):
 
     def __init__(
         self,
-        *args: Any,
+        symbols: Sequence[str | SymbolSpec] | int | None = None,
+        seed: int = 0,
+        rate: float = 50.0,
+        idle_timeout: float = PONG_WAIT,
+        heartbeat_interval: float = 5.0,
+        *,
         increment_shape: Shape | Mapping[str, Shape] = SINGLE,
         snapshot_min_period: float = SNAPSHOT_MIN_PERIOD,
         snapshot_max_period: float = SNAPSHOT_MAX_PERIOD,
@@ -218,8 +229,7 @@ class PeatioSim(SimServer):
         ping_interval: float = PING_PERIOD,
         **options: Any,
     ) -> None:
-        options.setdefault("idle_timeout", PONG_WAIT)
-        super().__init__(*args, **options)
+        super().__init__(symbols, seed, rate, idle_timeout, heartbeat_interval, **options)
         rng = random.Random(self.seed ^ 0x9EA7)
         self._rng = rng
         self._wire_of = {name: wire for wire, name in self.listed.items()}
@@ -308,7 +318,8 @@ class PeatioSim(SimServer):
         return tid
 
     def _name_history(self) -> None:
-        """Trade ids for the trades generated before any was sent (`history_minutes`), in time order."""
+        """Trade ids for the trades the market holds before the first is sent or asked for (its
+        `history_minutes`, and the trades of the event being sent), in time order."""
         if self._history_named:
             return
         self._history_named = True
@@ -316,7 +327,8 @@ class PeatioSim(SimServer):
             (t for name in self.market.symbols for t in self.market.trades(name)), key=lambda t: t.ts_ms
         )
         for t in history:
-            self._new_tid(t)
+            if id(t) not in self._tids:
+                self._new_tid(t)
 
     # ---- the engine and Ranger's cache ------------------------------------------------------------
 
@@ -397,10 +409,9 @@ class PeatioSim(SimServer):
         wire = self._wire_of[symbol]
         e = self._engine(symbol)
         if event.trades:
-            self._name_history()
             subs = self.subscribers(f"{wire}.{TRADES}")
             for t in event.trades:
-                tid = self._new_tid(t)
+                tid = self.trade_id(t)
                 if subs:
                     frame = trade_frame(wire, tid, t)
                     for conn in subs:
@@ -426,7 +437,7 @@ class PeatioSim(SimServer):
             symbol = event.symbol
             wire, e, tape = self._wire_of[symbol], self._engines[symbol], self._tapes[symbol]
             for t in event.trades:
-                tape.trades.append((trade_frame(wire, self._new_tid(t), t), (t,)))
+                tape.trades.append((trade_frame(wire, self.trade_id(t), t), (t,)))
             if e.shape == SINGLE:
                 for side, price, size in event.changes:
                     e.seq += 1
