@@ -10,9 +10,10 @@ import datetime as dt
 from pathlib import Path
 
 from recorder.lake import Skipped
+from recorder.model import CHANNEL_SPECS
 from recorder.query import open_views
 
-STATUS_SQL = """
+STATUS_TEMPLATE = """
 WITH day AS (SELECT CAST(? AS TIMESTAMPTZ) AS d0, CAST(? AS TIMESTAMPTZ) + INTERVAL 1 day AS d1),
 cov AS (
     SELECT exchange, symbol, channel,
@@ -30,10 +31,7 @@ covered AS (
     SELECT exchange, symbol, channel, sum(epoch(e) - epoch(s)) AS secs, max(e) AS span_end
     FROM cov WHERE e > s GROUP BY ALL
 ),
-vol AS (
-    SELECT exchange, symbol, 'trades' AS channel, count(*) AS rows FROM trades WHERE date = CAST(? AS DATE) GROUP BY ALL
-    UNION ALL
-    SELECT exchange, symbol, 'book', count(*) FROM book_updates WHERE date = CAST(? AS DATE) GROUP BY ALL
+vol AS ({vol}
 )
 SELECT ev.exchange, ev.symbol, ev.channel,
        strftime(ev.first_ts, '%H:%M:%S') AS "from", strftime(greatest(ev.last_ts, covered.span_end), '%H:%M:%S') AS "to",
@@ -47,13 +45,30 @@ ORDER BY ALL
 """
 
 
+def status_query(day: str) -> tuple[str, list[str]]:
+    """The status SQL for `day` and its parameters, built together: the two `?` of `day`, then the
+    `vol` CTE, one branch per catalog channel (its first table's rows that day where the channel's
+    filter holds: channels may share a table), each with its own `?`."""
+    params = [day, day]
+    branches = []
+    for spec in CHANNEL_SPECS.values():
+        channel = "'" + spec.name.replace("'", "''") + "'"
+        branches.append(
+            f"SELECT exchange, symbol, {channel} AS channel, count(*) AS rows FROM {spec.tables[0]} "
+            f"WHERE date = CAST(? AS DATE) AND ({spec.count_where}) GROUP BY ALL"
+        )
+        params.append(day)
+    vol = "\n    " + "\n    UNION ALL\n    ".join(branches)
+    return STATUS_TEMPLATE.format(vol=vol), params
+
+
 def status_report(data_dir: str | Path, date: str | None = None) -> tuple[list[str], list[tuple], list[Skipped]]:
     """Column names and one row per (exchange, symbol, channel) recorded on `date` (UTC, default
     today), plus the damaged files and stray directories the views left out."""
     day = date or dt.datetime.now(dt.UTC).date().isoformat()
     con, skipped = open_views(data_dir, warn=False)  # the caller lists them
     try:
-        rel = con.execute(STATUS_SQL, [day, day, day, day])
+        rel = con.execute(*status_query(day))
         cols = [d[0] for d in rel.description]
         return cols, rel.fetchall(), skipped
     finally:
