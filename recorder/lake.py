@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from recorder.checks import parse_utc_date
 from recorder.errors import RecorderError
-from recorder.model import SCHEMAS
+from recorder.model import OPTIONAL_COLUMNS, SCHEMAS
 
 log = logging.getLogger("recorder.lake")
 
@@ -92,10 +92,14 @@ def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
 
 def schema_problem(schema: pa.Schema, table: str) -> str | None:
     """Why a file's schema cannot be part of `table` (None if it can): every column of the model
-    with the model's type, and no partition key inside the file."""
+    with the model's type (a column added since, `OPTIONAL_COLUMNS`, may be missing: readers take
+    it as null), and no partition key inside the file."""
+    optional = OPTIONAL_COLUMNS.get(table, ())
     for f in SCHEMAS[table]:
         i = schema.get_field_index(f.name)
         if i < 0:
+            if f.name in optional:
+                continue
             return f"wrong schema: no column {f.name!r}"
         got = schema.field(i).type
         if not _same_type(got, f.type):

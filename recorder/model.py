@@ -201,10 +201,15 @@ LEGACY_DETAIL_CAUSES: tuple[tuple[str, str], ...] = (
     ("decode:", Cause.DECODE),
     ("parse:", Cause.DECODE),
 )
+# ... except for these events, whose name alone said it (a disconnect's reason may quote a verdict).
+LEGACY_BY_EVENT = (CONNECT, DISCONNECT, GAP)
 
 
 def legacy_cause(event: str, detail: str | None) -> str | None:
-    """The cause of an event recorded before `cause` existed (raw logs of format 1)."""
+    """The cause of an event recorded before `cause` existed (raw logs of format 1, Parquet files
+    without the column): `recorder.coverage` renders the same rules in SQL."""
+    if event in LEGACY_BY_EVENT:
+        return DEFAULT_CAUSE[event]
     text = detail or ""
     for prefix, cause in LEGACY_DETAIL_CAUSES:
         if text.startswith(prefix):

@@ -62,9 +62,17 @@ def trades_table(n: int, start_us: int = T0, price: float = 100.0) -> pa.Table:
 
 
 def events_table() -> pa.Table:
+    """Today's schema (with `cause`); tests/test_coverage.py covers files written before it."""
     ts = pa.array([T0 - 1_000_000, T0 - 500_000], pa.timestamp("us", tz="UTC"))
     return pa.table(
-        {"ts": ts, "recv_ts": ts, "channel": ["trades"] * 2, "event": ["connect", "subscribed"], "detail": ["", ""]},
+        {
+            "ts": ts,
+            "recv_ts": ts,
+            "channel": ["trades"] * 2,
+            "event": ["connect", "subscribed"],
+            "detail": ["", ""],
+            "cause": ["connect", None],
+        },
         schema=SCHEMAS["events"],
     )
 

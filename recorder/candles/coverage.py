@@ -9,7 +9,9 @@ import duckdb
 
 from recorder.candles.intervals import Span, day_name, day_start
 from recorder.candles.state import sql_str
-from recorder.query import COVERAGE_SQL, HIVE_TYPES
+from recorder.coverage import coverage_sql
+from recorder.model import TRADES
+from recorder.query import files_select
 from recorder.storage.sink import DAY_US
 
 
@@ -53,12 +55,10 @@ def event_rows_many(
     """Coverage rows and latest event time of the trades channel of every stream in `files`, in one
     pass, keyed "exchange/symbol" (a stream whose files hold no trades-channel event is absent):
     per-query overhead, not work, dominates many small streams."""
-    file_list = ", ".join(sql_str(p) for p in files)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{file_list}], "
-        f"hive_partitioning = true, hive_types = {HIVE_TYPES}) WHERE channel = 'trades'"
-    )
-    con.execute(COVERAGE_SQL.replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
+    # files written before `events.cause` existed read it as NULL (the view's legacy branch)
+    trades_events = f"{files_select('events', files)} WHERE channel = {sql_str(TRADES)}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events AS {trades_events}")
+    con.execute(coverage_sql(view="TEMP VIEW"))
     out: dict[str, tuple[list[list], int | None]] = {}
     for ex, sym, last in con.sql("SELECT exchange, symbol, epoch_us(max(ts)) FROM events GROUP BY ALL").fetchall():
         out[f"{ex}/{sym}"] = ([], last)

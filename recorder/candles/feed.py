@@ -26,8 +26,9 @@ import aiohttp
 from recorder import venues
 from recorder.candles.backfill import fetch_klines, windows
 from recorder.candles.intervals import EPOCH, INTERVALS
-from recorder.candles.live import Candle, CandleUpdate, LiveCandles, LiveStats, ends_coverage
+from recorder.candles.live import Candle, CandleUpdate, LiveCandles, LiveStats
 from recorder.collector import Collector, Options, now_us
+from recorder.coverage import transition
 from recorder.errors import RecorderError
 from recorder.venues.contract import Instrument
 from recorder.model import TRADES
@@ -238,17 +239,18 @@ class CandlesFeed:
             log.exception("candles feed %s %s: trades not applied", self.exchange, self.symbol)
 
     def _on_event(self, _stream: object, row: tuple) -> None:
-        ts, _recv, channel, event, detail = row
+        ts, _recv, channel, event, detail, cause = row
         if channel != TRADES:
             return
-        if event == "subscribed":
+        what = transition(channel, event, cause, detail)
+        if what == "start":
             self._live.set()
-        elif ends_coverage(event, detail):
+        elif what == "end":
             self._live.clear()
         try:  # the event's own time on the feed's clock (the one `tick` reads): about its delivery,
             # but a `stale stream` verdict is stamped back at the last frame, seconds earlier
             t = self._now() - max(0, now_us() - ts)
-            self._publish(self.engine.on_event(event, t, detail))
+            self._publish(self.engine.on_event(event, t, cause, detail))
         except Exception:
             log.exception("candles feed %s %s: event not applied", self.exchange, self.symbol)
 

@@ -13,9 +13,9 @@ The rules (the README states them for users):
   have them; a bucket the feed never watched (before it started, or inside a disconnect) has no
   row unless the exchange's kline fills it (see repair).
 - `complete` is true when the trade stream was subscribed and uninterrupted over the whole bucket
-  (the coverage rules of the `events` table: from a `subscribed` ack to the next `disconnect`,
-  `connect` or `stop`; an `error` or `gap` splits it; a `stale stream` error, a hung socket's
-  verdict, ends it back at the last frame received, its own time). The first live bucket is
+  (the coverage rules of the `events` table, `recorder.coverage`: from a `subscribed` ack to the
+  next `disconnect`, `connect`, `gap` or `stop`; an `error` splits it; a `stale stream` error, a hung
+  socket's verdict, ends it back at the last frame received, its own time). The first live bucket is
   therefore incomplete unless the feed subscribed exactly at its start. A break re-emits the
   candles since its time that were complete, now incomplete, with reason `gap` (the buckets a
   silent socket let close as flat candles among them).
@@ -37,16 +37,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from recorder.candles.intervals import EPOCH
-from recorder.collector import STALE
+from recorder.coverage import transition
+from recorder.model import TRADES
 
 if TYPE_CHECKING:  # pandas is imported on first use: `import recorder` stays quick for the CLI
     import pandas as pd
 
 LIVE = "live"
 EXCHANGE = "exchange"
-# Recording events (see the `events` table) that end or split the trade stream's coverage.
-ENDS_COVERAGE = ("disconnect", "connect", "stop")
-SPLITS_COVERAGE = ("error", "gap")
 REPAIR_TRIES = 3
 COLUMNS = [
     "open",
@@ -62,12 +60,6 @@ COLUMNS = [
     "closed",
     "source",
 ]
-
-
-def ends_coverage(event: str, detail: str = "") -> bool:
-    """The event ends the trade stream's coverage until the next `subscribed`: a disconnect, connect
-    or stop, or a hung socket's `stale stream` verdict (nothing arrived after its last frame)."""
-    return event in ENDS_COVERAGE or (event == "error" and detail.startswith(STALE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,25 +217,24 @@ class LiveCandles:
         out += [CandleUpdate(self.bars[b].candle(), r) for b, r in touched.items() if b in self.bars]
         return out
 
-    def on_event(self, event: str, t: int, detail: str = "") -> list[CandleUpdate]:
+    def on_event(self, event: str, t: int, cause: str | None = None, detail: str = "") -> list[CandleUpdate]:
         """A recording event of the trade stream at local time `t` (us), the event's own time: for a
-        `stale stream` error that is the last frame received, seconds before the verdict."""
+        `stale stream` error that is the last frame received, seconds before the verdict. `cause` is
+        its `events.cause` code (`detail` only matters without one: `recorder.coverage.transition`)."""
         last = self.spans[-1] if self.spans else None
         is_open = last is not None and last[1] is None
-        if event == "subscribed":
+        what = transition(TRADES, event, cause, detail)
+        if what == "start":
             if not is_open:
                 self.spans.append([t, None])
             return []
-        ends = ends_coverage(event, detail)
-        if ends or event in SPLITS_COVERAGE:
-            if not is_open:
-                return []
-            assert last is not None
-            last[1] = max(t, last[0])
-            if not ends:  # an undecodable frame may have carried trades: a point gap
-                self.spans.append([t + 1, None])
-            return self._recheck(t)
-        return []
+        if what is None or not is_open:
+            return []
+        assert last is not None
+        last[1] = max(t, last[0])
+        if what == "split":  # an undecodable frame may have carried trades: a point gap
+            self.spans.append([t + 1, None])
+        return self._recheck(t)
 
     def tick(self, now: int) -> list[CandleUpdate]:
         """The wall clock: close every bucket whose end plus `grace` has passed."""

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from recorder.errors import RecorderError
 from recorder.lake import Skipped, check_files, partition_problem
-from recorder.model import SCHEMAS
+from recorder.model import OPTIONAL_COLUMNS, SCHEMAS
 from recorder.storage.checkpoint import merge_sources, read_sources, run_is_alive, sources_metadata
 from recorder.storage.sink import recover, replace_partition_files
 
@@ -68,7 +68,7 @@ def compact_partition(directory: Path, table: str, skipped: list[Skipped] | None
     if len(files) <= 1:
         return 0, 0
     inputs = [[f.name, *_stat(f), read_lineage(f)] for f in files]  # before reading: as listed
-    parts = [pq.read_table(f, schema=SCHEMAS[table]) for f in files]
+    parts = [read_conformed(f, table) for f in files]
     merged = sort_for_storage(table, pa.concat_tables(parts))
     meta = {LINEAGE_KEY: orjson.dumps(inputs).decode()}
     sources = merge_sources([read_sources(f) for f in files])
@@ -76,6 +76,20 @@ def compact_partition(directory: Path, table: str, skipped: list[Skipped] | None
         meta.update(sources_metadata(sources))
     replace_partition_files(directory, merged.replace_schema_metadata(meta), files)
     return len(files), merged.num_rows
+
+
+def read_conformed(path: Path, table: str) -> pa.Table:
+    """A file's rows with the model's schema: an optional column the file predates
+    (`model.OPTIONAL_COLUMNS`, e.g. `events.cause`) is appended as nulls, so files written before
+    and after it concatenate (and the merged file has it)."""
+    schema = SCHEMAS[table]
+    have = set(pq.read_schema(path).names)
+    missing = [f for f in schema if f.name not in have and f.name in OPTIONAL_COLUMNS.get(table, ())]
+    present = pa.schema([f for f in schema if f not in missing])
+    tbl = pq.read_table(path, schema=present)
+    for f in missing:
+        tbl = tbl.append_column(f, pa.nulls(tbl.num_rows, f.type))
+    return tbl.select(schema.names).cast(schema)
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recorder.model import TRADES
+from recorder.model import DEFAULT_CAUSE, TRADES
 from recorder.storage.sink import ParquetSink, rows_to_table
 
 EX, SYM = "bitmart", "BTC-USDT"
@@ -28,8 +28,9 @@ def write_trades(data_dir: Path, rows: Sequence[Trade], exchange: str = EX, symb
 def write_events(
     data_dir: Path, events: Sequence[tuple[int, str]], exchange: str = EX, symbol: str = SYM
 ) -> None:
-    """(ts, event) on the trades channel, e.g. (T0, 'subscribed'), (T0 + DAY, 'stop')."""
-    rows = [(ts, ts, TRADES, event, "") for ts, event in events]
+    """(ts, event) on the trades channel, e.g. (T0, 'subscribed'), (T0 + DAY, 'stop'), with the
+    cause the recorder writes for it (files without `cause`: tests/test_coverage.py)."""
+    rows = [(ts, ts, TRADES, event, "", DEFAULT_CAUSE.get(event)) for ts, event in events]
     ParquetSink(data_dir).write_table("events", exchange, symbol, rows_to_table("events", rows))
 
 
