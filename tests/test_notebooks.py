@@ -99,3 +99,15 @@ def test_03_data_quality(recording):
     incidents = texts[-1]  # the drill's incident table
     for cause in ("gap", "error", "disconnect"):
         assert cause in incidents
+
+
+@pytest.mark.timeout(240)
+def test_04_perpetual(tmp_path, monkeypatch):
+    # its own recording of both venues (spot and perpetual at once, one data dir), made by the notebook
+    monkeypatch.setenv("RECORDER_NB_PERP_DATA", str(tmp_path / "perp"))
+    monkeypatch.setenv("RECORDER_NB_SECONDS", str(RECORD_SECONDS))
+    texts, images = execute("04_perpetual.ipynb")
+    text = "\n".join(texts)
+    assert images >= 3  # mark vs index with the basis, funding history, spot vs perp mid
+    assert f"recorded bitmart and bitmart_perpetual for {RECORD_SECONDS} s" in text
+    assert "BTC-USDT: funding pushes 1;" in text and "perp premium over spot" in text
