@@ -1,7 +1,7 @@
 """The live candles feed: history from the exchange's klines, then candles from the live trade stream,
 kept as a pandas DataFrame and offered as an async stream of updates.
 
-    async with CandlesFeed("bitmart", "BTC-USDT", "1m") as feed:
+    async with CandlesFeed(EXCHANGE, "BTC-USDT", "1m") as feed:  # any venue with a trade stream
         print(feed.candles.tail())            # history (exchange klines) + live candles
         async for update in feed:             # CandleUpdate(candle, reason); update.closed
             ...
@@ -30,10 +30,10 @@ from recorder.candles.live import Candle, CandleUpdate, LiveCandles, LiveStats
 from recorder.collector import Collector, Options, now_us
 from recorder.coverage import transition
 from recorder.errors import RecorderError
-from recorder.venues.contract import Instrument
-from recorder.model import TRADES
 from recorder.instruments import normalize
+from recorder.model import TRADES
 from recorder.transport import SendLimiter, new_session
+from recorder.venues.contract import Instrument
 
 if TYPE_CHECKING:
     import pandas as pd
