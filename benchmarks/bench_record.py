@@ -8,6 +8,11 @@ the simulator sent: zero lost trades, every depth message stored, zero sequence 
 
     python benchmarks/bench_record.py --symbols 1 --events 400000
     python benchmarks/bench_record.py --symbols 100 --events 400000
+    python benchmarks/bench_record.py --exchange bitmart_perpetual --symbols 1
+
+`--exchange bitmart_perpetual` runs the same against the perpetual simulator's tape (TEXT JSON frames,
+sizes in contracts, an empty push after every 64th update): the recorder also subscribes ticker and
+funding, and the check adds that every non-empty depthIncrease update sent is stored.
 """
 
 from __future__ import annotations
@@ -28,21 +33,26 @@ from pathlib import Path
 OUT = Path(__file__).parent / "out"
 
 
-def sim_process(conn, symbols: int, events: int) -> None:
+def sim_process(conn, symbols: int, events: int, exchange: str = "bitmart") -> None:
     os.sched_setaffinity(0, {1})
-    from recorder.sim import BitmartSpotSim
+    from recorder import venues
 
     async def main() -> None:
-        sim = BitmartSpotSim(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)
+        cls = venues.simulator(exchange)
+        sim = cls(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)
         await sim.start(host="127.0.0.1", port=0)
-        conn.send((sim.ws_url, sim.rest_url, sim.trading_symbols))
+        # user symbols (BASE-QUOTE) are the market's own ids
+        conn.send((sim.ws_url, sim.rest_url, [sim.market.resolve(s) for s in sim.trading_symbols]))
         while True:
             await asyncio.sleep(0.2)
             if conn.poll():
                 conn.recv()
                 trades = sum(len(v) for c in sim.connections for v in c.sent_trades.values())
                 frames = sum(c.frames_sent for c in sim.connections)
-                conn.send({"frames": frames, "trades": trades})
+                report = {"frames": frames, "trades": trades}
+                if hasattr(sim, "tape_stats"):  # non-empty depth updates written, from the venue's tapes
+                    report["depth_updates"] = sim.tape_stats()["updates_sent"]
+                conn.send(report)
                 break
             # binary (market data) bytes only: the recorder's keepalive pings and their pongs go on
             # after the tape ends and must not look like data still flowing
@@ -52,15 +62,15 @@ def sim_process(conn, symbols: int, events: int) -> None:
     asyncio.run(main())
 
 
-def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dict:
+def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchange: str = "bitmart") -> dict:
     parent, child = mp.Pipe()
-    proc = mp.Process(target=sim_process, args=(child, symbols, events), daemon=True)
+    proc = mp.Process(target=sim_process, args=(child, symbols, events, exchange), daemon=True)
     proc.start()
     ws_url, rest_url, names = parent.recv()
-    users = [n.replace("_", "-") for n in names][:symbols]
+    users = names[:symbols]
     data = Path(tempfile.mkdtemp(prefix="bench-record-"))
     cmd = [
-        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", "bitmart", *users,
+        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", exchange, *users,
         "--ws-url", ws_url, "--rest-url", rest_url, "--data-dir", str(data), "-q",
     ]
     if not raw:
@@ -97,7 +107,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None) -> dic
     proc.join(10)
     if rec.returncode != 0:
         raise SystemExit(f"recorder failed: {err}")
-    return measure(data, sent, usage, symbols, raw)
+    return measure(data, sent, usage, symbols, raw, exchange)
 
 
 def _recv(parent, rec: subprocess.Popen, timeout: float = 30.0):
@@ -110,7 +120,7 @@ def _recv(parent, rec: subprocess.Popen, timeout: float = 30.0):
     return parent.recv()
 
 
-def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
+def measure(data: Path, sent: dict, usage, symbols: int, raw: bool, exchange: str = "bitmart") -> dict:
     import recorder
 
     con = recorder.connect(data)
@@ -126,7 +136,16 @@ def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
     seconds = (end - start).total_seconds()
     msgs = depth_msgs + trade_msgs
     cpu = usage.ru_utime + usage.ru_stime
+    lost = sent["trades"] - trades
+    extra = {}
+    if "depth_updates" in sent:  # every non-empty depth update sent is stored (snapshots apart)
+        updates = con.execute(
+            "select count(distinct (symbol, recv_ts, seq)) from book_updates where not is_snapshot"
+        ).fetchone()[0]
+        extra = {"depth_updates_sent": sent["depth_updates"], "depth_updates_stored": updates}
+        lost += sent["depth_updates"] - updates
     return {
+        "exchange": exchange,
         "symbols": symbols,
         "raw_capture": raw,
         "frames_sent": sent["frames"],
@@ -136,7 +155,9 @@ def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
         "trades_sent": sent["trades"],
         "trades_stored": trades,
         "lost_trades": sent["trades"] - trades,
+        **extra,
         "gaps_errors_disconnects": gaps,
+        "zero_loss": lost == 0 and gaps == 0,
         "cpu_s": round(cpu, 2),
         "cpu_us_per_msg": round(cpu / msgs * 1e6, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
@@ -146,14 +167,16 @@ def measure(data: Path, sent: dict, usage, symbols: int, raw: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--exchange", default="bitmart", help="bitmart (deflated binary frames) or bitmart_perpetual (text)")
     ap.add_argument("--symbols", type=int, default=1)
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--no-raw", action="store_true", help="disable raw capture")
     ap.add_argument("--profile", metavar="PATH", help="record py-spy collapsed stacks of the recorder here")
     a = ap.parse_args()
-    res = run(a.symbols, a.events, not a.no_raw, a.profile)
+    res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange)
     OUT.mkdir(exist_ok=True)
-    (OUT / f"record-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
+    venue = "" if a.exchange == "bitmart" else f"-{a.exchange}"
+    (OUT / f"record{venue}-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
 

@@ -587,6 +587,7 @@ async def test_full_speed_tape(make_sim) -> None:
     applied, empty = assert_window(sim, BTC, of(got, INC50), 50)  # the end of the tape is the truth
     tape = sim._tapes["BTC-USDT"]
     assert empty >= tape.empty_pushes >= 10 and applied == len(tape.depth)
+    assert sim.tape_stats() == {"updates_sent": applied - tape.empty_pushes, "empty_sent": tape.empty_pushes}
     [conn] = sim.connections
     sent = sim.sent_trades(BTC, conn)
     assert sent and [i["trade_id"] for p in of(got, TRADE) for i in reversed(p["data"])] == [

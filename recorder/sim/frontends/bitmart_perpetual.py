@@ -96,6 +96,7 @@ MARKET_SEED_SALT = 0x9E2F_BA11
 _SERVED = "served"  # conn.state key: [(channel, wire, item)] of ticker/funding pushes (ground truth)
 _TOUCH = "touch"  # conn.state key: {wire: touch last sent} for bookticker
 _PINGED = "pinged"
+_TAPES = "tapes"  # conn.state key: the depth tape cursors started on it (for `tape_stats`)
 
 
 def _topic_channel(topic: str) -> tuple[str, str | None, str]:
@@ -285,6 +286,14 @@ class BitmartPerpSim(SimServer):
         """A trade as it went on the wire (`trade_id`, `deal_vol` in contracts, `m`, `created_at`...).
         Kept only with `record_sent` (the default)."""
         return self._trade_items[id(trade)][1]
+
+    def tape_stats(self) -> dict[str, int]:
+        """Full-speed mode: depthIncrease50 tape frames written so far, over every connection:
+        `updates_sent` (non-empty updates) and `empty_sent` (empty pushes)."""
+        every = TAPE_EMPTY_EVERY + 1  # frame k of a tape is an empty push when k % every == every - 1
+        written = [c.index for conn in self.connections for c in conn.state.get(_TAPES, ())]
+        empty = sum(n // every for n in written)
+        return {"updates_sent": sum(written) - empty, "empty_sent": empty}
 
     def served(
         self, conn: SimConnection, channel: str | None = None
@@ -591,6 +600,7 @@ class BitmartPerpSim(SimServer):
             conn.push_text(tape.snapshot)
             if restart_tape:
                 self.start_tape(conn, topic, tape.depth, False)
+                conn.state.setdefault(_TAPES, []).append(conn.tape(topic))  # outlives the subscription
             return
         channel, _, _ = _topic_channel(topic)
         bids, asks = self._window(symbol, INCREASE[channel])
