@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -17,8 +18,10 @@ from rich.table import Table
 
 from recorder import checks, venues
 from recorder.app.guard import DEBUG_HELP, run_guarded
-from recorder.candles.intervals import DEFAULT_INTERVALS, INTERVALS, parse_intervals
-from recorder.candles.verify import ATOL, RTOL, VerifyResult
+from recorder.candles.intervals import DEFAULT_INTERVALS, INTERVALS, VERIFY_ATOL, VERIFY_RTOL, parse_intervals
+
+if TYPE_CHECKING:
+    from recorder.candles.verify import VerifyResult
 
 app = typer.Typer(
     add_completion=False,
@@ -102,8 +105,8 @@ def verify(
     start: str | None = typer.Option(None, "--start", help="default: first stored exchange candle"),
     end: str | None = typer.Option(None, "--end", help="default: after the last stored exchange candle"),
     data_dir: Path = DATA_DIR,
-    rtol: float = typer.Option(RTOL, "--rtol", help="relative tolerance for float fields"),
-    atol: float = typer.Option(ATOL, "--atol", help="absolute tolerance for float fields"),
+    rtol: float = typer.Option(VERIFY_RTOL, "--rtol", help="relative tolerance for float fields"),
+    atol: float = typer.Option(VERIFY_ATOL, "--atol", help="absolute tolerance for float fields"),
     show: int = typer.Option(20, "--show", help="list at most this many mismatching fields"),
 ) -> None:
     """Compare built candles with exchange candles; exit 0 only if every complete built candle matches."""

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recorder import instruments, venues
-from recorder.candles.intervals import INTERVALS
+from recorder.candles.intervals import INTERVALS, TimeLike, parse_time
 from recorder.candles.state import STATE_DIR, duckdb_session, state_lock
 from recorder.errors import RecorderError
 from recorder.model import SCHEMAS, ExchangeCandleRow
@@ -35,7 +35,6 @@ from recorder.venues.contract import Instrument, Klines, VenueError
 
 TABLE = "exchange_candles"
 FLUSH_ROWS = 20_000  # rows buffered before the touched partitions are rewritten
-TimeLike = str | int | float | datetime
 
 
 @dataclass
@@ -53,23 +52,6 @@ class BackfillReport:
     rows_fetched: int = 0
     partitions: set[str] = field(default_factory=set)
     seconds: float = 0.0
-
-
-def parse_time(value: TimeLike) -> datetime:
-    """ISO date or datetime (naive = UTC), epoch seconds, or a datetime -> aware UTC datetime."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    text = value.strip()
-    if text.lstrip("-").replace(".", "", 1).isdigit():
-        return datetime.fromtimestamp(float(text), UTC)
-    try:
-        return parse_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise RecorderError(
-            f"cannot read time {value!r}: use ISO 8601 (2024-05-01T12:00) or epoch seconds"
-        ) from None
 
 
 def windows(start_s: int, end_s: int, step_s: int, page: int) -> list[tuple[int, int]]:

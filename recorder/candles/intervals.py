@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
+from recorder.errors import RecorderError
 from recorder.storage.sink import DAY_US
 
 SECOND_US = 1_000_000
@@ -21,6 +22,28 @@ DEFAULT_INTERVALS: tuple[str, ...] = tuple(INTERVALS)
 HOUR_US = INTERVALS["1h"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Span = tuple[int, int]  # [start, end) in epoch microseconds
+TimeLike = str | int | float | datetime
+# `candles verify` tolerances for float fields: values parsed from the same decimal string are
+# bit-identical, so these only absorb float summation order.
+VERIFY_RTOL = 1e-9
+VERIFY_ATOL = 1e-12
+
+
+def parse_time(value: TimeLike) -> datetime:
+    """ISO date or datetime (naive = UTC), epoch seconds, or a datetime -> aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    text = value.strip()
+    if text.lstrip("-").replace(".", "", 1).isdigit():
+        return datetime.fromtimestamp(float(text), UTC)
+    try:
+        return parse_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise RecorderError(
+            f"cannot read time {value!r}: use ISO 8601 (2024-05-01T12:00) or epoch seconds"
+        ) from None
 
 
 def parse_intervals(spec: str | Iterable[str]) -> tuple[str, ...]:

@@ -23,15 +23,14 @@ import numpy as np
 import pyarrow as pa
 
 from recorder import venues
-from recorder.candles.backfill import TimeLike, parse_time
-from recorder.candles.intervals import INTERVALS
+from recorder.candles.intervals import INTERVALS, VERIFY_ATOL, VERIFY_RTOL, TimeLike, parse_time
 from recorder.errors import RecorderError
 from recorder.instruments import normalize
 from recorder.query import connect
 
 FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "trades")
-RTOL = 1e-9
-ATOL = 1e-12
+RTOL = VERIFY_RTOL
+ATOL = VERIFY_ATOL
 
 
 @dataclass(frozen=True, slots=True)

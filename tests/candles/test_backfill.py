@@ -137,7 +137,7 @@ async def test_unknown_symbol_names_close_matches(sim, tmp_path):
 async def test_bad_arguments_are_rejected_before_any_request(tmp_path):
     with pytest.raises(RecorderError, match="1m"):
         await backfill_async(tmp_path, "bitmart", "BTC-USDT", "1s", rest_url="http://127.0.0.1:9")
-    with pytest.raises(RecorderError, match="backfill supports"):
+    with pytest.raises(RecorderError, match="unknown exchange .kraken.; known: "):
         await backfill_async(tmp_path, "kraken", "BTC-USDT", "1m", rest_url="http://127.0.0.1:9")
     with pytest.raises(RecorderError, match="empty range"):
         await backfill_async(tmp_path, "bitmart", "BTC-USDT", "1m", "2024-01-02", "2024-01-01")
