@@ -103,3 +103,23 @@ def test_every_declared_dependency_is_imported_by_the_package():
     wanted = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower().replace("-", "_") for d in deps}
     imported = {n.split(".")[0] for path in PACKAGE.rglob("*.py") for n in imported_modules(path)}
     assert wanted - imported == set(), "declared but never imported by recorder/"
+
+
+# The README's architecture section shows this check as a `git grep`; the same pattern, in Python.
+WIRE_FACTS = re.compile(
+    r'spot/|futures/|"op"|"request"|increase100|/quotation/|9000[0-9]|ms_t|_USDT|bitmart\.com|errorCode'
+    r'|STALE_IS_GAP|m\.bids or m\.asks|STEP_MINUTES|SUPPORTED|"bitmart"'
+)
+
+
+def test_no_bitmart_wire_fact_outside_its_adapters_and_front_ends():
+    root = Path(__file__).resolve().parent.parent / "recorder"
+    own = {*root.glob("venues/bitmart_*.py"), *root.glob("sim/frontends/bitmart_*.py")}
+    leaks = [
+        f"{p.relative_to(root)}:{n}: {line.strip()}"
+        for p in sorted(root.rglob("*.py"))
+        if p not in own
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if WIRE_FACTS.search(line)
+    ]
+    assert leaks == []
