@@ -278,10 +278,11 @@ class Collector:
                     await limiter.acquire()
                     try:
                         doc = await get_json(self.session, base + req.path, dict(req.params) or None)
+                        conn.dispatcher.rest(now_us(), poll.name, t.stream.wire, doc)
                     except (RecorderError, aiohttp.ClientError, TimeoutError) as exc:
                         log.warning("%s %s: %s", poll.name, t.stream.user, exc)
-                        continue
-                    conn.dispatcher.rest(now_us(), poll.name, t.stream.wire, doc)
+                    except Exception:  # a bug costs this answer, never the poll for the rest of the run
+                        log.exception("%s %s: unexpected error", poll.name, t.stream.user)
             await asyncio.sleep(poll.interval)
 
     async def _raw_flusher(self) -> None:

@@ -239,7 +239,7 @@ CHANNEL_SPECS: dict[str, ChannelSpec] = {
     TRADES: ChannelSpec(TRADES, ("trades",), "ack"),
     BOOK: ChannelSpec(BOOK, ("book_updates", "book_snapshots"), "snapshot"),
     TICKER: ChannelSpec(
-        TICKER, ("derivative_ticker",), "ack", "coalesce(last_price, mark_price, index_price) IS NOT NULL"
+        TICKER, ("derivative_ticker",), "ack", "coalesce(last_price, mark_price, index_price, open_interest) IS NOT NULL"
     ),
     FUNDING: ChannelSpec(FUNDING, ("derivative_ticker",), "ack", "coalesce(funding_rate, next_funding_rate) IS NOT NULL"),
 }

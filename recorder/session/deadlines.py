@@ -37,11 +37,13 @@ class Deadlines:
             for name in intent.topics:
                 t = self.by_name[name]
                 t.sent_at = now
-                if t.channel == BOOK and not t.stream.book.valid:
-                    # the subscription's snapshot is due: ask for one if it does not come
+                if t.channel == BOOK and not t.stream.book.valid and t.resync_since is None:
+                    # the subscription's snapshot is due: ask for one if it does not come (a wait
+                    # already running keeps its count, so its back-off goes on)
                     t.resync_since, t.resync_tries = now, 0
         elif isinstance(intent, Resync):
             t = self.by_name[intent.topic]
+            t.sent_at = now  # a venue may resync by subscribing again: its ack is due from now
             t.resync_since = now
             t.resync_tries += 1
 

@@ -33,7 +33,7 @@ from recorder.model import (
 from recorder.session.book import NEED_RESYNC, Outcome
 from recorder.session.stream import Stream
 from recorder.storage.rawlog import BADFRAME, RawLog
-from recorder.venues.contract import Codec, Intent, RestPoll, Resync, VenueError
+from recorder.venues.contract import Codec, Intent, RestPoll, Resync, Subscribe, VenueError
 
 log = logging.getLogger("recorder")
 
@@ -115,7 +115,9 @@ class Dispatcher:
             return
         try:
             records = p.parse(doc, s.inst)
-        except (VenueError, KeyError, TypeError, ValueError, IndexError) as exc:
+        except (VenueError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # an answer the venue module cannot read costs that answer only: never the poll, a
+            # replay or a crash recovery of this log
             log.warning("unexpected %s answer for %s: %s: %s", poll, wire, type(exc).__name__, exc)
             self.errors += 1
             return
@@ -235,12 +237,22 @@ class Dispatcher:
             self._acked(t, recv)
 
     def _on_held(self, m: HeldTopics, recv: int) -> None:
-        """The venue listed every topic the connection holds: those are acked, the others not."""
+        """The venue listed every topic the connection holds: those are acked, the others not.
+
+        A valid book whose topic is no longer held gets no more updates: it ends there (an `error`
+        event), and the topic is subscribed again. (A book being resynced by unsubscribe + subscribe
+        is invalid already: that is the normal way, and says nothing.)"""
         for t in self.topics:
             if t.name in m.topics:
                 self._acked(t, recv)
-            else:
-                t.acked = False
+                continue
+            t.acked = False
+            if t.channel == BOOK and t.stream.book.valid:
+                t.stream.book.invalidate()
+                detail = f"{t.name} no longer held by the venue: subscribing again"
+                t.stream.event(BOOK, ERROR, detail, recv, Cause.EXCHANGE)
+                if self.live:
+                    self.intents.append(Subscribe((t.name,)))
 
     def _on_error(self, m: ProtocolError, recv: int) -> None:
         detail = _detail(m)

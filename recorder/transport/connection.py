@@ -99,7 +99,8 @@ class Connection:
     def __post_init__(self) -> None:
         c = self.collector
         self.venue = c.venue
-        self.limiter = SendLimiter(*self.venue.limits.send_budget)
+        self.limiter = SendLimiter(*self.venue.limits.send_budget, reserve=2)
+        self._resyncing: set[str] = set()  # book topics whose resync texts are still queued
         self.topics = self.dispatcher.topics
         opt = c.options
         policy = self.venue.resync
@@ -108,16 +109,22 @@ class Connection:
                                   policy.max_tries, policy.on_exhausted)
         self.deadlines = Deadlines(self.topics, policy, opt.ack_timeout, opt.refused_retry)
 
-    async def send(self, text: str) -> None:
-        await self.limiter.acquire()
-        if self.ws is not None and not self.ws.closed:
+    async def send(self, text: str, urgent: bool = False, ws: aiohttp.ClientWebSocketResponse | None = None) -> None:
+        """Send within the budget; with `ws`, only on that socket (a send queued for a socket that
+        has since been replaced is dropped: the new one subscribes afresh)."""
+        await self.limiter.acquire(urgent)
+        if self.ws is not None and not self.ws.closed and (ws is None or ws is self.ws):
             if self.dispatcher.rawlog is not None:
                 self.dispatcher.rawlog.sent(now_us(), text)
             await self.ws.send_str(text)
 
-    async def _send_all(self, texts: list[str]) -> None:
-        for text in texts:  # in order: a venue's resync may be two messages (unsubscribe, subscribe)
-            await self.send(text)
+    async def _send_all(self, texts: list[str], ws: aiohttp.ClientWebSocketResponse | None, topic: str | None = None) -> None:
+        try:
+            for text in texts:  # in order: a venue's resync may be two messages (unsubscribe, subscribe)
+                await self.send(text, ws=ws)
+        finally:
+            if topic is not None:
+                self._resyncing.discard(topic)
 
     def execute(self, intents: list[Intent | Refused]) -> None:
         """Carry out what the session asked for. Sends go out as tasks (the receive loop never
@@ -126,9 +133,15 @@ class Connection:
         for i in intents:
             if type(i) is Refused:
                 self.deadlines.refused(now)
-            elif type(i) is Subscribe or type(i) is Resync:
+            elif type(i) is Resync:
+                if i.topic in self._resyncing:
+                    continue  # one resync of a book at a time: its answer settles both
+                self._resyncing.add(i.topic)
                 self.deadlines.sent(i, now)
-                self.collector.spawn(self._send_all(self.venue.messages(i)))
+                self.collector.spawn(self._send_all(self.venue.messages(i), self.ws, i.topic))
+            elif type(i) is Subscribe:
+                self.deadlines.sent(i, now)
+                self.collector.spawn(self._send_all(self.venue.messages(i), self.ws))
             elif type(i) is Report:
                 self.dispatcher.event(now_us(), None, ERROR, i.detail, i.cause, topic=i.topic)
             elif type(i) is Reconnect:
@@ -178,12 +191,13 @@ class Connection:
         self.frames, self.closed_why = 0, ""
         self.deadlines.reset()
         self.dispatcher.take_intents()  # what the old socket wanted is moot
+        self._resyncing.clear()
         self.last_recv, self.last_frame_us = time.monotonic(), now_us()
         keepalive = asyncio.create_task(self._keepalive(ws))
         try:
             first = Subscribe(tuple(t.name for t in self.topics))
             self.deadlines.sent(first, time.monotonic())
-            await self._send_all(self.venue.messages(first))
+            await self._send_all(self.venue.messages(first), ws)
             await self._receive(ws)
         finally:
             keepalive.cancel()
@@ -218,13 +232,13 @@ class Connection:
             verdict = watch.tick(now, self.frames, self.last_recv)
             if verdict is PROBE:  # unusually quiet: ask the server whether it is still there
                 last_ping = now
-                await self.send(keep.ping)
+                await self.send(keep.ping, urgent=True)
             elif verdict is DEAD:
                 await self._declare_dead(ws, now - self.last_recv, watch.usual)
                 return
             if now - last_ping >= keep.interval:
                 last_ping = now
-                await self.send(keep.ping)
+                await self.send(keep.ping, urgent=True)
             due = self.deadlines.due(now)
             if due:
                 self.execute(due)

@@ -290,9 +290,13 @@ class PerpCodec:
             by_symbol.setdefault(sym, []).append(row)
         out: list[Message] = []
         for sym, rows in by_symbol.items():
-            if rows[0][0] > rows[-1][0]:
-                rows.reverse()  # arrays come newest first (§4.5): oldest first, ties kept in time order
-            rows.sort(key=_ts)
+            if all(r[1].isdigit() for r in rows):
+                # trade ids rise in match order: within one microsecond (a sweep) they alone say it
+                rows.sort(key=_ts_then_id)
+            else:
+                if rows[0][0] > rows[-1][0]:
+                    rows.reverse()  # arrays come newest first (§4.5): oldest first, ties kept in time order
+                rows.sort(key=_ts)
             out.append(TradeBatch(sym, rows))
         return out
 
@@ -338,6 +342,10 @@ class PerpCodec:
 
 def _ts(row: tuple) -> int:
     return row[0]
+
+
+def _ts_then_id(row: tuple) -> tuple[int, int]:
+    return row[0], int(row[1])
 
 
 def _reply(doc: dict, group: Any) -> list[Message]:
@@ -468,6 +476,8 @@ class OpenInterestPoll:
 
     def parse(self, doc: Any, inst: Instrument) -> list[Message]:
         data = _check_envelope(doc, "open interest")
+        if not isinstance(data, dict):
+            raise VenueError(f"open interest answer without an object: {data!r:.100}")
         sym = data.get("symbol", inst.wire)
         if sym != inst.wire:
             raise VenueError(f"open interest of {sym!r} in the answer for {inst.wire!r}")

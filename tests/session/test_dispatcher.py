@@ -205,3 +205,65 @@ def test_rest_poll_answers_are_logged_raw_and_become_rows(tmp_path):
     recs = [(t, p) for f in tmp_path.rglob("*.rawlog.zst") for t, k, p in read_records(f) if k == REST]
     assert [orjson.loads(p)["body"] for _, p in recs] == [
         {"timestamp": 1_767_225_600_123, "open_interest": "1234.5"}, {"nonsense": 1}]
+
+
+def test_a_valid_book_the_venue_stops_holding_ends_and_is_subscribed_again():
+    _, d, stream, t = session()
+    d.frame(RECV, frame({"success": {"message": "subscribed", "streams": ["btcusdt.trades", "btcusdt.ob-inc"]}}))
+    d.frame(RECV + 1, frame({"btcusdt.ob-snap": {"sequence": 5, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    d.take_intents()
+    assert stream.book.valid
+    d.frame(RECV + 2, frame({"success": {"message": "unsubscribed", "streams": ["btcusdt.trades"]}}))
+    assert not stream.book.valid and not t[BOOK].acked
+    assert events(stream)[-1] == (BOOK, ERROR, Cause.EXCHANGE)
+    assert d.take_intents() == [Subscribe(("btcusdt.ob-inc",))]
+    # our own resync (book already invalid) unsubscribes quietly
+    n = len(stream.events)
+    d.frame(RECV + 3, frame({"success": {"message": "unsubscribed", "streams": ["btcusdt.trades"]}}))
+    assert len(stream.events) == n and d.take_intents() == []
+
+
+def test_a_resync_by_resubscribing_is_not_taken_for_an_ack_timeout_and_keeps_its_back_off():
+    venue, d, _, t = session()
+    book = t[BOOK]
+    dl = Deadlines([book], venue.resync, ack_timeout=10.0, refused_retry=1.0)
+    dl.sent(Subscribe((book.name,)), 0.0)
+    book.acked = True
+    dl.sent(Resync(book.name), 100.0)  # sends unsubscribe + subscribe
+    book.acked = False  # the unsubscribe's ack came, the subscribe's not yet
+    assert dl.due(100.25) == []
+    dl.sent(Subscribe((book.name,)), 100.5)  # a resubscribe meanwhile keeps the count
+    assert book.resync_tries == 1
+
+
+def test_unreadable_poll_answers_cost_the_answer_only():
+    from tests.session.fake_venue import FakePeatioWithPoll
+
+    venue = FakePeatioWithPoll()
+    inst = Instrument("BTC-USDT", "btcusdt")
+    stream = Stream(ParquetSink(None), venue.name, inst, venue.sequence_policy())
+    d = Dispatcher(venue.codec([inst]), [Topic("btcusdt.tickers", TICKER, stream)], 5, None, polls=venue.polls)
+    for doc in ([], None, "x", {"timestamp": "t"}):
+        d.rest(RECV, "open_interest", "btcusdt", doc)
+    assert d.errors == 4 and stream.buffers[-1] == stream.events  # no ticker buffer was ever made
+
+
+async def test_send_limiter_is_first_come_first_served_and_keeps_a_reserve_for_urgent_sends():
+    import asyncio
+
+    from recorder.transport.limits import SendLimiter
+
+    lim = SendLimiter(3, 0.3, reserve=1)
+    order: list[str] = []
+
+    async def send(name: str, urgent: bool = False) -> None:
+        await lim.acquire(urgent)
+        order.append(name)
+
+    tasks = [asyncio.create_task(send(f"m{i}")) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert order == ["m0", "m1"]  # 2 of 3 slots: one is kept for pings
+    await send("ping", urgent=True)  # does not wait behind the queue
+    assert order == ["m0", "m1", "ping"]
+    await asyncio.wait_for(asyncio.gather(*tasks), 3)
+    assert order == ["m0", "m1", "ping", "m2", "m3", "m4"]

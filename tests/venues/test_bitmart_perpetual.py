@@ -384,3 +384,17 @@ def test_registered_with_a_clear_error_until_its_simulator_exists():
         assert str(exc) == "no simulator for 'bitmart_perpetual' yet"
     else:
         assert sim.__name__ == "BitmartPerpSim"
+
+
+def test_a_sweep_within_one_microsecond_is_stored_in_match_order():
+    at = "2025-01-01T00:00:00.123456789Z"
+    data = [{"trade_id": str(i), "symbol": "BTCUSDT", "deal_price": str(100 + i), "deal_vol": "1", "m": False,
+             "created_at": at} for i in (3, 2, 1)]  # newest first, all in one microsecond
+    [b] = parse({"group": "futures/trade:BTCUSDT", "data": data}, BTC)
+    assert [(t[1], t[3]) for t in b.trades] == [("1", 101.0), ("2", 102.0), ("3", 103.0)]
+
+
+@pytest.mark.parametrize("data", [[], None, "x"])
+def test_an_open_interest_answer_without_an_object_is_a_venue_error(data):
+    with pytest.raises(VenueError):
+        bp.OpenInterestPoll().parse({"code": 1000, "message": "Ok", "data": data}, BTC)
