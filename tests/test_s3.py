@@ -60,6 +60,12 @@ def s3(monkeypatch):
         from recorder.storage.objectstore import client
 
         c = client()
+        # the server's state is process-wide (moto's backends): start from an empty store
+        import urllib.request
+
+        urllib.request.urlopen(
+            urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
+        )
         c.create_bucket(Bucket=BUCKET)
         log.clear()
         yield endpoint, c, log
@@ -83,3 +89,145 @@ def test_the_fixture_serves_a_bucket(s3):
     c.put_object(Bucket=BUCKET, Key="a", Body=b"x")
     assert _objects(c) == {"a": 1}
     assert ("PUT", f"/{BUCKET}/a") in log.requests
+
+
+# --- publishing the spool ---------------------------------------------------------------------
+
+
+def _spool_file(spool, rel, data):
+    p = spool / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_publish_uploads_verifies_and_deletes_the_local_copy(s3, tmp_path):
+    from recorder.storage.objectstore import Publisher, parse_s3
+
+    _, c, _ = s3
+    url = parse_s3(f"s3://{BUCKET}/lake/")
+    rel = "trades/exchange=bitmart/symbol=BTC-USDT/date=2024-01-01/a.parquet"
+    f = _spool_file(tmp_path, rel, b"PAR1 rows PAR1")
+    assert Publisher(tmp_path, url, c).publish(f) is True
+    assert not f.exists()
+    assert c.get_object(Bucket=BUCKET, Key=f"lake/{rel}")["Body"].read() == b"PAR1 rows PAR1"
+
+
+def test_publish_never_overwrites_and_an_identical_object_counts_as_published(s3, tmp_path):
+    from recorder.storage.objectstore import ObjectExists, Publisher, parse_s3
+
+    _, c, log = s3
+    url = parse_s3(f"s3://{BUCKET}/p")
+    pub = Publisher(tmp_path, url, c)
+    c.put_object(Bucket=BUCKET, Key="p/t/x.parquet", Body=b"other")
+    f = _spool_file(tmp_path, "t/x.parquet", b"mine")
+    with pytest.raises(ObjectExists, match="already exists with different content"):
+        pub.publish(f)
+    assert f.exists() and c.get_object(Bucket=BUCKET, Key="p/t/x.parquet")["Body"].read() == b"other"
+    # a crash between the PUT and the local delete: the re-upload finds its own object
+    c.put_object(Bucket=BUCKET, Key="p/t/y.parquet", Body=b"same")
+    g = _spool_file(tmp_path, "t/y.parquet", b"same")
+    assert pub.publish(g) is False and not g.exists()
+    assert pub.result.already == 1 and pub.result.uploaded == 0
+    assert any(m == "PUT" for m, _ in log.requests)
+
+
+def test_without_conditional_writes_a_head_comes_before_the_put(s3, tmp_path):
+    """A store that answers 501 to If-None-Match: the publisher falls back to HEAD-before-PUT."""
+    from botocore.exceptions import ClientError
+
+    from recorder.storage.objectstore import ObjectExists, Publisher, parse_s3
+
+    _, c, _ = s3
+
+    class NoConditional:
+        def __init__(self, real):
+            self.real = real
+
+        def put_object(self, **kw):
+            if "IfNoneMatch" in kw:
+                raise ClientError(
+                    {"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}},
+                    "PutObject",
+                )
+            return self.real.put_object(**kw)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    pub = Publisher(tmp_path, parse_s3(f"s3://{BUCKET}/p"), NoConditional(c))
+    assert pub.publish(_spool_file(tmp_path, "t/a.parquet", b"a")) is True
+    assert pub.conditional is False
+    c.put_object(Bucket=BUCKET, Key="p/t/b.parquet", Body=b"theirs")
+    with pytest.raises(ObjectExists):
+        pub.publish(_spool_file(tmp_path, "t/b.parquet", b"mine"))
+    assert c.get_object(Bucket=BUCKET, Key="p/t/b.parquet")["Body"].read() == b"theirs"
+
+
+def test_publish_spool_ships_finished_files_only_and_is_idempotent(s3, tmp_path):
+    from recorder.storage.objectstore import Publisher, parse_s3
+
+    _, c, _ = s3
+    url = parse_s3(f"s3://{BUCKET}/p")
+    done = [
+        _spool_file(tmp_path, "trades/exchange=e/symbol=A-B/date=2024-01-01/1.parquet", b"1"),
+        _spool_file(tmp_path, "raw/exchange=e/date=2024-01-01/r.rawlog.zst", b"r"),
+    ]
+    stay = [
+        _spool_file(tmp_path, "trades/exchange=e/symbol=A-B/date=2024-01-01/.2.parquet.tmp", b"half"),
+        _spool_file(tmp_path, ".runs/run.lock", b""),
+    ]
+    res = Publisher(tmp_path, url, c).publish_spool()
+    assert res.uploaded == 2
+    assert not any(p.exists() for p in done) and all(p.exists() for p in stay)
+    assert set(_objects(c)) == {
+        "p/trades/exchange=e/symbol=A-B/date=2024-01-01/1.parquet",
+        "p/raw/exchange=e/date=2024-01-01/r.rawlog.zst",
+    }
+    assert Publisher(tmp_path, url, c).publish_spool().uploaded == 0
+
+
+def test_bucket_problems_are_one_line_errors(s3, monkeypatch):
+    from recorder.errors import RecorderError
+    from recorder.storage.objectstore import check_bucket, parse_s3
+
+    endpoint, _, _ = s3
+    check_bucket(parse_s3(f"s3://{BUCKET}/p"))
+    with pytest.raises(RecorderError, match="bucket 'no-such-bucket' does not exist"):
+        check_bucket(parse_s3("s3://no-such-bucket/p"))
+    with pytest.raises(RecorderError, match="cannot reach the object store at http://127.0.0.1:9") as e:
+        check_bucket(parse_s3(f"s3://{BUCKET}/p"), endpoint="http://127.0.0.1:9")
+    assert "\n" not in str(e.value)
+
+
+def test_bad_credentials_are_a_one_line_error(s3, monkeypatch):
+    """moto accepts any key unless told to check them (its IAM mode): the error mapping is checked
+    on the answer a real S3 gives."""
+    from botocore.exceptions import ClientError
+
+    from recorder.errors import RecorderError
+    from recorder.storage.objectstore import check_bucket, parse_s3
+
+    class Denied:
+        def head_bucket(self, **kw):
+            raise ClientError(
+                {
+                    "Error": {"Code": "403", "Message": "Forbidden"},
+                    "ResponseMetadata": {"HTTPStatusCode": 403},
+                },
+                "HeadBucket",
+            )
+
+    with pytest.raises(RecorderError, match="access denied to bucket 'b-x' .check the AWS credentials"):
+        check_bucket(parse_s3("s3://b-x/p"), s3=Denied())
+
+
+def test_parse_s3_takes_the_form_a_path_folds_it_into():
+    from pathlib import Path
+
+    from recorder.storage.objectstore import parse_s3
+
+    assert parse_s3("s3://b/p/q/").path == "b/p/q"
+    assert parse_s3(Path("s3://b/p")) == parse_s3("s3://b/p")
+    assert str(parse_s3("s3://b")) == "s3://b" and parse_s3("s3://b").key("x") == "x"
+    assert parse_s3("data") is None and parse_s3("/tmp/s3:/x") is None

@@ -1,0 +1,239 @@
+"""Object storage (`s3://bucket/prefix` data dirs): the local data dir is the spool, the bucket the lake.
+
+The crash-safe local writer stays as it is: files are written and renamed into a local spool
+directory. A finished file (a published `*.parquet`, a closed raw log) is then uploaded as one whole
+object under the same relative key, never streamed (a failure inside a Parquet writer streaming to
+S3 would complete the upload with partial rows). The upload:
+
+- refuses to overwrite: a conditional PUT (`If-None-Match: *`); on a store that does not support
+  conditional writes (it answers 501 NotImplemented, or ignores the header), a HEAD before the PUT
+  is the fallback, which leaves a race between two writers of the same key (file names are unique
+  per process and host, so only a re-upload of the same file meets it);
+- is verified: the object's size and MD5 (the ETag of a single-part PUT, and `Content-MD5` makes
+  the server check the body) must match the local file;
+- then deletes the local copy.
+
+An object already there with the same size and MD5 counts as published (a re-upload after a crash
+between the PUT and the delete), so `publish_spool` on start is idempotent. An object there with
+different content is an error: the local file stays and nothing is overwritten.
+
+Endpoint and credentials come from the standard AWS environment and config (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, profiles ...); `endpoint` overrides the endpoint (`--s3-endpoint`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recorder.errors import RecorderError
+from recorder.storage.layout import is_temp
+
+_SCHEME = re.compile(r"^s3:/+(?P<bucket>[^/]+)(?:/(?P<prefix>.*))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Url:
+    bucket: str
+    prefix: str  # no leading or trailing slash; "" for the bucket's root
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    @property
+    def path(self) -> str:
+        """`bucket/prefix` (the form fsspec takes)."""
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+
+    def __str__(self) -> str:
+        return f"s3://{self.path}"
+
+
+def parse_s3(data_dir: str | os.PathLike | None) -> S3Url | None:
+    """The bucket and prefix of an `s3://bucket/prefix` data dir (None for a local path).
+
+    A `Path` folds `s3://b/p` into `s3:/b/p`; both forms are taken.
+    """
+    if data_dir is None:
+        return None
+    m = _SCHEME.match(os.fspath(data_dir))
+    if m is None:
+        return None
+    return S3Url(m["bucket"], (m["prefix"] or "").strip("/"))
+
+
+def default_spool(url: S3Url) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "recorder" / "spool" / url.bucket / (url.prefix or "_root")
+
+
+def client(endpoint: str | None = None) -> Any:
+    import boto3  # heavy: only for s3:// data dirs
+    from botocore.config import Config
+
+    cfg = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint or None, config=cfg)
+
+
+def _error_line(exc: BaseException, url: S3Url, endpoint: str | None) -> str:
+    """One clear line for what went wrong talking to the store."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    where = endpoint or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    if isinstance(exc, NoCredentialsError):
+        return f"{url}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(exc, EndpointConnectionError):
+        return f"{url}: cannot reach the object store at {where}"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket", "404") or status == 404:
+            return f"{url}: bucket {url.bucket!r} does not exist at {where}"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AccessDenied") or status == 403:
+            return f"{url}: access denied to bucket {url.bucket!r} (check the AWS credentials)"
+        return f"{url}: the object store answered {code or status}"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{url}: cannot reach the object store at {where} ({first})"
+
+
+def check_bucket(url: S3Url, endpoint: str | None = None, s3: Any = None) -> Any:
+    """The bucket exists and these credentials may list it; returns the client. One-line
+    RecorderError for a missing bucket, bad credentials, an unreachable endpoint."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = s3 or client(endpoint)
+    try:
+        s3.head_bucket(Bucket=url.bucket)
+        s3.list_objects_v2(Bucket=url.bucket, Prefix=url.key(""), MaxKeys=1)
+    except (BotoCoreError, ClientError) as exc:
+        raise RecorderError(_error_line(exc, url, endpoint)) from None
+    return s3
+
+
+def _md5(path: Path) -> bytes:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+class ObjectExists(RecorderError):
+    """A different object already holds the key: nothing is overwritten, the local file stays."""
+
+
+@dataclass
+class PublishResult:
+    uploaded: int = 0
+    already: int = 0  # identical object found: counted as published
+    bytes: int = 0
+
+
+class Publisher:
+    """Uploads finished files of `spool` to `url` (same relative key), verified, then deletes them."""
+
+    def __init__(self, spool: str | Path, url: S3Url, s3: Any = None, endpoint: str | None = None) -> None:
+        self.spool, self.url = Path(spool), url
+        self.endpoint = endpoint
+        self.s3 = s3 or client(endpoint)
+        self.conditional = True  # False once the store refused If-None-Match: HEAD before PUT
+        self.result = PublishResult()
+
+    def key_of(self, path: Path) -> str:
+        return self.url.key(path.relative_to(self.spool).as_posix())
+
+    def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.s3.head_object(Bucket=self.url.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+
+    @staticmethod
+    def _same(head: dict, size: int, md5: bytes) -> bool:
+        return head.get("ContentLength") == size and head.get("ETag", "").strip('"') == md5.hex()
+
+    def publish(self, path: str | Path) -> bool:
+        """Upload one finished file, verify it, delete it locally. True if it was uploaded now,
+        False if an identical object was already there. Raises ObjectExists for a different object,
+        RecorderError when the store cannot be used (the local file stays for the next try)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        path = Path(path)
+        key = self.key_of(path)
+        size = path.stat().st_size
+        md5 = _md5(path)
+        try:
+            uploaded = self._put(path, key, size, md5)
+            head = self._head(key)
+        except (BotoCoreError, ClientError) as exc:
+            raise RecorderError(_error_line(exc, self.url, self.endpoint)) from None
+        if head is None or not self._same(head, size, md5):
+            raise RecorderError(f"{self.url}: {key} did not verify after upload (size or MD5 differ)")
+        path.unlink()
+        if uploaded:
+            self.result.uploaded += 1
+            self.result.bytes += size
+        else:
+            self.result.already += 1
+        return uploaded
+
+    def _put(self, path: Path, key: str, size: int, md5: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        if not self.conditional:
+            head = self._head(key)
+            if head is not None:
+                return self._existing(head, key, size, md5)
+        args = {"Bucket": self.url.bucket, "Key": key, "ContentMD5": base64.b64encode(md5).decode()}
+        if self.conditional:
+            args["IfNoneMatch"] = "*"
+        try:
+            with open(path, "rb") as fh:
+                self.s3.put_object(Body=fh, **args)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                head = self._head(key)
+                if head is None:
+                    raise  # a concurrent delete: let the next try decide
+                return self._existing(head, key, size, md5)
+            if self.conditional and (status == 501 or code == "NotImplemented"):
+                self.conditional = False  # this store has no conditional writes: HEAD before PUT
+                return self._put(path, key, size, md5)
+            raise
+        return True
+
+    def _existing(self, head: dict, key: str, size: int, md5: bytes) -> bool:
+        if self._same(head, size, md5):
+            return False
+        raise ObjectExists(f"{self.url}: {key} already exists with different content; not overwritten")
+
+    def publish_spool(self) -> PublishResult:
+        """Publish every finished file left in the spool (a start after a crash); temp files, dot
+        files and directories (`.runs`, `.state`) are not data and stay."""
+        for path in finished_files(self.spool):
+            self.publish(path)
+        return self.result
+
+
+def finished_files(spool: Path) -> list[Path]:
+    out = []
+    for dirpath, dirs, files in os.walk(spool):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            if name.startswith(".") or is_temp(p):
+                continue
+            if name.endswith(".parquet") or name.endswith(".rawlog.zst"):
+                out.append(p)
+    return out
