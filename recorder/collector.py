@@ -43,7 +43,9 @@ class Options:
     ws_url: str | None = None
     rest_url: str | None = None
     flush_interval: float = 60.0  # publish files at least this often (SQL sees data within it)
-    max_buffered_rows: int = 1_000_000  # flush early past this many rows in memory
+    max_buffered_rows: int = 1_000_000  # flush everything early past this many rows in memory
+    # Flush the biggest buffers early (down to half of it) past this estimate of their memory
+    max_buffered_bytes: int = 64 * 1024 * 1024
     snapshot_interval: float = 1.0  # book_snapshots cadence
     snapshot_depth: int = 20
     # Stale-stream watchdog: a connection silent for `silence_factor` times its usual gap between
@@ -322,9 +324,12 @@ class Collector:
             if now - last >= self.options.flush_interval or self.sink.pending_rows() > self.options.max_buffered_rows:
                 last = now
                 await self._flush()
+            elif self.sink.buffered_bytes() > self.options.max_buffered_bytes:
+                await self._flush(keep_bytes=self.options.max_buffered_bytes / 2)
 
-    async def _flush(self) -> int | None:
-        """Publish everything buffered; each file records the raw-log position its rows reach.
+    async def _flush(self, keep_bytes: float | None = None) -> int | None:
+        """Publish everything buffered (or the biggest buffers until at most `keep_bytes` stay);
+        each file records the raw-log position its rows reach.
 
         Returns the rows written, or None when the disk refused (rows stay buffered, up to a cap).
         """
@@ -340,7 +345,7 @@ class Collector:
             meta = sources_metadata([{"run": raw.run, "conn": conn.index, "part": part, "records": records}])
             for t in conn.topics:
                 sources[t.stream.user] = meta
-        taken = self.sink.take()
+        taken = self.sink.take() if keep_bytes is None else self.sink.take_largest(keep_bytes)
         source = (lambda key: sources[key[2]]) if sources else None
         self._inflight = asyncio.ensure_future(asyncio.to_thread(self.sink.write, taken, source))
         # shielded: cancelling the flusher at stop must not orphan a write that may put rows back

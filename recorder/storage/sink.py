@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -27,6 +28,35 @@ from recorder.storage.layout import is_temp, partition_dir, run_id, run_of, temp
 DAY_US = 86_400_000_000
 ROW_GROUP_SIZE = 1_000_000
 MARKER_PREFIX = ".replace-"
+# Bytes of Python objects one buffered row of each table holds, until a written batch of that table
+# has been measured (`row_bytes`); deliberately on the high side.
+ROW_BYTES_GUESS = {"book_updates": 250, "book_snapshots": 6_000, "events": 800}
+ROW_BYTES_DEFAULT = 400
+SAMPLE_ROWS = 64
+
+
+def row_bytes(rows: list[tuple]) -> float:
+    """Bytes per row of Python objects that `rows` (a short run of consecutive rows) hold.
+
+    Each object is counted once, so values rows share (one message's timestamps, a literal side)
+    are spread over them; None, booleans and small ints are process-wide singletons and not
+    counted. Plus the buffer list's pointer to each row. Costs microseconds per row: call it on a
+    sample, off the hot path.
+    """
+    seen: set[int] = set()
+    total = 0
+    stack: list = list(rows)
+    while stack:
+        o = stack.pop()
+        if o is None or o is True or o is False or (type(o) is int and -5 <= o <= 256):
+            continue
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, (tuple, list)):
+            stack.extend(o)
+    return total / max(1, len(rows)) + 8
 
 
 def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
@@ -158,9 +188,13 @@ class ParquetSink:
 
     `buffer()` hands out a plain list to append row tuples to (schema column order, times as int
     microseconds). `flush()` publishes everything buffered, one file per partition and date. The
-    caller decides when (the collector flushes every `flush_interval` seconds and when a buffer
-    grows past `max_rows`). A failed write (disk full, permissions) puts the rows back so that
-    nothing is lost, and reports through `on_error`.
+    caller decides when (the collector flushes every `flush_interval` seconds, everything past
+    `max_buffered_rows`, and the biggest buffers first past `max_buffered_bytes`). A failed write
+    (disk full, permissions) puts the rows back so that nothing is lost, and reports through
+    `on_error`.
+
+    `buffered_bytes()` estimates the memory the buffers hold without touching a row: rows times a
+    per-table size per row, measured on a sample of each batch written (`row_bytes`).
     """
 
     def __init__(self, data_dir: str | Path | None, on_error: Callable[[str], None] | None = None) -> None:
@@ -170,6 +204,7 @@ class ParquetSink:
         self._lock = threading.Lock()  # flushes may run in a worker thread
         self.files_written = 0
         self.rows_written = 0
+        self.row_bytes = {t: float(ROW_BYTES_GUESS.get(t, ROW_BYTES_DEFAULT)) for t in SCHEMAS}
 
     def buffer(self, table: str, exchange: str, symbol: str) -> list[tuple]:
         key = (table, exchange, symbol)
@@ -183,14 +218,37 @@ class ParquetSink:
     def pending_rows(self) -> int:
         return sum(len(b) for b in self._buffers.values())
 
-    def take(self) -> dict[tuple[str, str, str], list[tuple]]:
-        """Swap out everything buffered (cheap; call from the thread that appends)."""
+    def buffered_bytes(self) -> float:
+        """Estimated bytes the buffered rows hold (rows × the table's measured bytes per row)."""
+        size = self.row_bytes
+        return sum(len(buf) * size[key[0]] for key, buf in self._buffers.items())
+
+    def take(self, keys: Iterable[tuple[str, str, str]] | None = None) -> dict[tuple[str, str, str], list[tuple]]:
+        """Swap out everything buffered, or the buffers of `keys` (cheap; call from the thread that appends)."""
         taken: dict[tuple[str, str, str], list[tuple]] = {}
-        for key, buf in self._buffers.items():
+        for key in self._buffers if keys is None else keys:
+            buf = self._buffers[key]
             if buf:
                 taken[key] = buf[:]
-                buf.clear()  # keep the list object: appenders hold references to it
+                buf.clear()  # keep the list object (appenders hold it); clear() frees its capacity
         return taken
+
+    def take_largest(self, keep_bytes: float) -> dict[tuple[str, str, str], list[tuple]]:
+        """Swap out the biggest buffers until at most `keep_bytes` (estimated) stay buffered.
+
+        Liquid markets go to disk early; the long tail waits for the regular flush instead of
+        turning into thousands of tiny files.
+        """
+        size = self.row_bytes
+        sized = sorted(((len(buf) * size[key[0]], key) for key, buf in self._buffers.items() if buf), reverse=True)
+        left = sum(n for n, _ in sized)
+        keys = []
+        for n, key in sized:
+            if left <= keep_bytes:
+                break
+            keys.append(key)
+            left -= n
+        return self.take(keys)
 
     def write(
         self,
@@ -208,10 +266,14 @@ class ParquetSink:
         if self.data_dir is None:
             return sum(len(rows) for rows in taken.values())
         counters = (self.files_written, self.rows_written)
+        measured: dict[str, tuple[int, float]] = {}
         with self._lock:
             try:
                 for key, rows in taken.items():
                     table, exchange, symbol = key
+                    if len(rows) > measured.get(table, (0, 0.0))[0]:  # the biggest batch of each table
+                        mid = max(0, len(rows) // 2 - SAMPLE_ROWS // 2)
+                        measured[table] = (len(rows), row_bytes(rows[mid : mid + SAMPLE_ROWS]))
                     tbl = rows_to_table(table, rows)
                     if source is not None:
                         tbl = tbl.replace_schema_metadata(source(key))
@@ -229,6 +291,8 @@ class ParquetSink:
                     raise
                 self.on_error(msg)
                 return None
+        for table, (_, size) in measured.items():
+            self.row_bytes[table] = size
         return rows_written
 
     def flush(self) -> int:

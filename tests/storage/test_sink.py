@@ -142,3 +142,56 @@ def test_failure_on_the_second_date_of_a_flush_takes_back_the_first(tmp_path):
     assert sink.flush() == 5
     con = connect(tmp_path)
     assert con.execute("select count(*), count(distinct ts) from trades").fetchone() == (5, 5)
+
+
+def book_rows(n: int, t0: int = T0) -> list[tuple]:
+    """Rows as the hot path appends them: a message's levels share its timestamps and sequence."""
+    rows = []
+    for i in range(n // 4):
+        ts, recv, seq = t0 + i * 1000, t0 + i * 1000 + 7, 10_000 + i
+        for side in ("bid", "bid", "ask", "ask"):
+            rows.append((ts, recv, seq, False, side, 100.0 + (i % 97) * 0.01, 0.5 + i % 13))
+    return rows
+
+
+def test_buffered_bytes_estimate_follows_the_memory_rows_really_hold(tmp_path):
+    import tracemalloc
+
+    sink = ParquetSink(tmp_path)
+    buf = sink.buffer("book_updates", "bitmart", "BTC-USDT")
+    buf.extend(book_rows(2_000))
+    assert sink.buffered_bytes() > 0  # a guess before anything was written
+    assert sink.flush() == 2_000  # measures the table's bytes per row
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        buf.extend(book_rows(100_000, T0 + 10**9))
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    estimate = sink.buffered_bytes()
+    assert 0.8 * real < estimate < 1.3 * real, (estimate, real)
+    sink.take()
+    assert sink.buffered_bytes() == 0
+
+
+def test_take_largest_takes_the_biggest_buffers_and_leaves_the_tail(tmp_path):
+    sink = ParquetSink(tmp_path)
+    big = sink.buffer("book_updates", "bitmart", "BTC-USDT")
+    mid = sink.buffer("book_updates", "bitmart", "ETH-USDT")
+    tail = [sink.buffer("trades", "bitmart", f"T{i}-USDT") for i in range(5)]
+    big.extend(book_rows(4_000))
+    mid.extend(book_rows(400))
+    for b in tail:
+        b.extend(trade(i, T0 + i) for i in range(3))
+    small = sink.buffered_bytes() - len(big) * sink.row_bytes["book_updates"]
+    taken = sink.take_largest(small)  # exactly what is left once the biggest is gone
+    assert list(taken) == [("book_updates", "bitmart", "BTC-USDT")]
+    assert len(taken[("book_updates", "bitmart", "BTC-USDT")]) == 4_000
+    assert big == [] and sink.buffer("book_updates", "bitmart", "BTC-USDT") is big  # appenders keep their list
+    assert len(mid) == 400 and all(len(b) == 3 for b in tail)
+    assert set(sink.take_largest(0)) == {("book_updates", "bitmart", "ETH-USDT")} | {
+        ("trades", "bitmart", f"T{i}-USDT") for i in range(5)
+    }
+    assert sink.buffered_bytes() == 0 and sink.take_largest(0) == {}
+    assert sink.write(taken) == 4_000
