@@ -330,6 +330,7 @@ class Market:
         self._last_ts = 0
         self._aliases: dict[str, str] = {}
         self._deriv: dict[str, _DerivParams] = {}
+        self._activity: list[float] | None = None  # cumulative weights over `active`; None: uniform
 
     # ---- names ----------------------------------------------------------------------------------
 
@@ -353,9 +354,26 @@ class Market:
     def symbols(self) -> list[str]:
         return list(self.specs)
 
+    def set_activity(self, weights: dict[str, float] | None) -> None:
+        """Make a random step pick symbol `s` with probability proportional to `weights[s]` (symbols
+        not named: 1.0); None: uniform again. Never set, the market draws exactly as it always did."""
+        if weights is None:
+            self._activity = None
+            return
+        acc, cum = 0.0, []
+        for name in self.active:
+            acc += weights.get(self.resolve(name), 1.0)
+            cum.append(acc)
+        self._activity = cum
+
     def step(self, symbol: str | None = None, ts_ms: int | None = None) -> MarketEvent:
         """Advance one symbol (random if not given) by one event and return what changed."""
-        name = self._aliases.get(symbol, symbol) if symbol is not None else self.rng.choice(self.active)
+        if symbol is not None:
+            name = self._aliases.get(symbol, symbol)
+        elif self._activity is None:
+            name = self.rng.choice(self.active)
+        else:
+            name = self.rng.choices(self.active, cum_weights=self._activity)[0]
         book = self._books[name]
         if book.spec.status != "trading":
             raise ValueError(f"{name} is not trading")

@@ -95,3 +95,15 @@ def test_derivatives_follow_the_book_and_are_order_independent() -> None:
     assert parse_units(state.open_interest, perp.size_decimals) > 0  # whole contracts
     later = a.derivatives("BTC-USDT", ts + 30 * 60_000)
     assert later.index != state.index  # the basis moves with time
+
+
+def test_activity_weights_skew_the_picks_and_default_draws_as_before() -> None:
+    plain = Market(synthetic_specs(20), seed=3, clock=Clock())
+    reset = Market(synthetic_specs(20), seed=3, clock=Clock())
+    reset.set_activity({"SYN001-USDT": 5.0})
+    reset.set_activity(None)
+    assert [e.symbol for e in plain.steps(300)] == [e.symbol for e in reset.steps(300)]
+    skewed = Market(synthetic_specs(20), seed=3, clock=Clock())
+    skewed.set_activity({"SYN001-USDT": 100.0, "SYN002-USDT": 0.0})
+    picks = [e.symbol for e in skewed.steps(1_000)]
+    assert picks.count("SYN001-USDT") > 700 and "SYN002-USDT" not in picks
