@@ -40,10 +40,18 @@ def _channels(exchange: str, value: str | None) -> tuple[str, ...] | None:
     return channels_of(exchange, tuple(c.strip().lower() for c in value.split(",") if c.strip()))
 
 
+def quote_list(values: list[str]) -> tuple[str, ...]:
+    """--quote USDT --quote btc,eth -> ('USDT', 'BTC', 'ETH')."""
+    return tuple(dict.fromkeys(q.strip().upper() for v in values for q in v.split(",") if q.strip()))
+
+
 @app.command()
 def run(
     exchange: str = typer.Argument(..., help=EXCHANGES),
-    symbols: list[str] = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
+    symbols: list[str] | None = typer.Argument(None, help="BASE-QUOTE, e.g. BTC-USDT (or --all)"),
+    all_markets: bool = typer.Option(False, "--all", help="every trading market of EXCHANGE (instead of SYMBOLs)"),
+    quote: list[str] = typer.Option([], "--quote", help="only markets quoted in these (repeatable or comma list)"),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: only this shard's markets (rendezvous hashing)"),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where Parquet goes"),
     channels: str | None = typer.Option(
         None, "--channels", help=f"comma list of the venue's channels (default: its default set; {CHANNELS})"
@@ -52,22 +60,35 @@ def run(
     sim: bool = typer.Option(False, "--sim", help="record from the built-in simulator on 127.0.0.1"),
     sim_rate: float = typer.Option(50.0, "--sim-rate", help="with --sim: market events per second"),
     sim_seed: int = typer.Option(0, "--sim-seed", help="with --sim: the simulator's random seed"),
+    sim_symbols: int = typer.Option(0, "--sim-symbols", help="with --sim: serve this many synthetic markets"),
     ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
     rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
     flush_interval: float = typer.Option(60.0, "--flush-interval", help="publish files at least this often (s)"),
     raw: bool = typer.Option(True, "--raw/--no-raw", help="capture raw frames under DATA_DIR/raw"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live status"),
+    spool: Path | None = typer.Option(
+        None, "--spool", help="with --data-dir s3://...: the local spool (default ~/.cache/recorder/spool/...)"
+    ),
+    s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="S3-compatible endpoint URL"),
 ) -> None:
-    """Record trades and the exact order book of SYMBOLS on EXCHANGE."""
+    """Record trades and the exact order book of SYMBOLS (or --all markets) on EXCHANGE."""
     from recorder.app.record import record
     from recorder.collector import Options
+    from recorder.shards import parse_shard
 
     def go() -> None:
         # 0 or a negative would stop at once / flush in a busy loop / stall the simulator
         checks.positive(duration, "--duration")
         checks.positive(flush_interval, "--flush-interval")
         checks.positive(sim_rate, "--sim-rate", "events per second")
+        if all_markets == bool(symbols):
+            fail("give SYMBOLs or --all, not both" if all_markets else "give SYMBOLs or --all (every market)")
+        if sim_symbols < 0:
+            fail(f"--sim-symbols must be 0 (the default set) or more, not {sim_symbols}")
         opts = Options(
+            all_markets=all_markets,
+            quotes=quote_list(quote),
+            shard=parse_shard(shard) if shard is not None else None,
             data_dir=data_dir,
             channels=_channels(exchange, channels),
             duration=duration,
@@ -77,7 +98,9 @@ def run(
             raw=raw,
         )
         sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
-        asyncio.run(record(exchange, symbols, opts, sim=sim_options, status=not quiet))
+        if sim_options is not None and sim_symbols:
+            sim_options["symbols"] = sim_symbols
+        asyncio.run(record(exchange, list(symbols or []), opts, sim=sim_options, status=not quiet, spool=spool, s3_endpoint=s3_endpoint))
 
     run_guarded(go)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from recorder import venues
+from recorder import shards, venues
 from recorder.errors import RecorderError
 from recorder.instruments import fetch_instruments, resolve
 from recorder.model import BOOK, ERROR, STOP, TRADES, Cause
@@ -68,6 +68,11 @@ class Options:
     # them the oldest are dropped, counted, and recorded as `error` events.
     max_pending_rows: int = 5_000_000
     max_pending_raw_bytes: int = 256 * 1024 * 1024
+    # The selection: the collector's `symbols`, or every trading market (`all_markets`), narrowed to
+    # these quote currencies (empty: any) and to this shard (I, N) of `recorder.shards`.
+    all_markets: bool = False
+    quotes: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None
 
     def silence_limit(self, rate: float) -> float:
         """Seconds without a frame after which a connection usually receiving `rate` frames/s is probed."""
@@ -122,6 +127,7 @@ class Collector:
         self._inflight: asyncio.Future | None = None
         self._stream_locks: list[tuple[Path, int]] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
+        self.subscribed_in: float | None = None  # seconds from run() to every topic acknowledged
 
     def spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -147,7 +153,7 @@ class Collector:
         self.session = new_session()
         try:
             listed = await fetch_instruments(self.session, self.venue, self.rest_url)
-            self.instruments = resolve(self.requested, listed, self.exchange)
+            self.instruments = self.select(listed)
             if data_dir is not None:
                 for inst in self.instruments:  # one by one: a refused lock must not leak those already held
                     self._stream_locks.append(lock_stream(data_dir, self.exchange, inst.symbol))
@@ -171,6 +177,22 @@ class Collector:
             codec = self.venue.codec([t.stream.inst for t in group])
             d = Dispatcher(codec, group, self.options.snapshot_depth, rawlog, polls=self.venue.polls)
             self.connections.append(Connection(self, d, n))
+
+    def select(self, listed: list[Instrument]) -> list[Instrument]:
+        """The instruments this process records, from the venue's market list: the user's symbols
+        (unknown ones refused) or every listed market, then the quote filter, then the shard."""
+        opt = self.options
+        chosen = listed if opt.all_markets else resolve(self.requested, listed, self.exchange)
+        if opt.quotes:
+            chosen = [i for i in chosen if i.symbol.split("-")[1] in opt.quotes]
+        mine = set(shards.select(self.exchange, [i.symbol for i in chosen], opt.shard))
+        chosen = list({i.symbol: i for i in chosen if i.symbol in mine}.values())
+        if not chosen:
+            what = "no market" if opt.all_markets else "none of the symbols"
+            quote = f" with quote {'/'.join(opt.quotes)}" if opt.quotes else ""
+            shard = f" in shard {opt.shard[0]}/{opt.shard[1]}" if opt.shard else ""
+            raise RecorderError(f"{what} of {self.exchange}{quote}{shard} to record")
+        return chosen
 
     def _topic_groups(self) -> list[list[Topic]]:
         """Topics per connection, within the exchange's cap; a symbol's topics share a connection."""
@@ -209,6 +231,7 @@ class Collector:
         try:
             conn_tasks = [asyncio.create_task(c.run()) for c in self.connections]
             aux = [asyncio.create_task(self._snapshots()), asyncio.create_task(self._flusher())]
+            aux.append(asyncio.create_task(self._time_subscription()))
             aux += [asyncio.create_task(self._poll(p)) for p in self.venue.polls if p.channel in self.channels]
             if self.options.raw:
                 aux.append(asyncio.create_task(self._raw_flusher()))
@@ -251,6 +274,21 @@ class Collector:
         for path, fd in self._stream_locks:
             release(path, fd)  # deleted while held: a stopped recorder leaves no lock file
         self._stream_locks = []
+
+    async def _time_subscription(self) -> None:
+        """Measures the time from `run()` to every topic acknowledged at once (`subscribed_in`)."""
+        start = time.monotonic()
+        while self.topics_acked() < self.topics_total():
+            await asyncio.sleep(0.05)
+        self.subscribed_in = time.monotonic() - start
+        log.info("%s: all %d topics on %d connections subscribed in %.1f s", self.exchange,
+                 self.topics_total(), len(self.connections), self.subscribed_in)
+
+    def topics_total(self) -> int:
+        return sum(len(c.topics) for c in self.connections)
+
+    def topics_acked(self) -> int:
+        return sum(t.acked for c in self.connections for t in c.topics)
 
     @property
     def errors(self) -> int:

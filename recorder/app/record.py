@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -17,6 +17,7 @@ from recorder.collector import Collector, Options, Unwritten
 from recorder.errors import RecorderError
 from recorder.recovery import recover_data_dir
 from recorder.storage.layout import check_writable
+from recorder.storage.objectstore import S3Url, Shipper, open_spool, parse_s3
 
 
 async def record(
@@ -26,13 +27,24 @@ async def record(
     sim: dict | bool | None = None,
     status: bool = True,
     signals: bool = True,
+    spool: Path | None = None,
+    s3_endpoint: str | None = None,
 ) -> Collector:
     """Record until SIGINT/SIGTERM or `opts.duration`; returns the finished collector.
 
     `sim` (True, or the simulator's options such as {"rate": 200, "seed": 1}) starts the built-in
     simulator of `exchange` on 127.0.0.1 and records from it. `signals=False` leaves SIGINT/SIGTERM
     alone (inside a Jupyter kernel, say); stop with `opts.duration` then.
+
+    An `s3://bucket/prefix` data dir records into a local spool (`spool`, default
+    `~/.cache/recorder/spool/<bucket>/<prefix>`) whose finished files are published to the bucket
+    (`recorder.storage.objectstore`); the bucket is checked before anything starts.
     """
+    shipper = None
+    url = parse_s3(opts.data_dir)
+    if url is not None:
+        shipper = await asyncio.to_thread(open_spool, url, spool, s3_endpoint)
+        opts.data_dir = shipper.spool
     simulator = None
     if sim:
         simulator = await start_simulator(exchange, sim)
@@ -45,11 +57,15 @@ async def record(
         if opts.data_dir is not None:
             await _check_and_recover(opts.data_dir, console)
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
+        if shipper is not None:
+            shipper.on_error = lambda msg: console.print(f"cannot publish to {url}: {msg}", highlight=False)
+            shipper.open_logs = lambda: _open_logs(collector)
+            shipper.start()  # first: what a crashed run left in the spool (recovered above)
         if signals:
             restore_signals = install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty()
         console.print(
-            f"recording {collector.exchange} {', '.join(collector.streams)} -> {opts.data_dir} "
+            f"recording {collector.exchange} {_markets(collector)} -> {opts.data_dir} "
             f"({'simulator ' if sim else ''}{collector.ws_url})",
             highlight=False,
         )
@@ -63,6 +79,9 @@ async def record(
         else:
             await collector.run()
         console.print(_summary(collector), highlight=False)
+        if shipper is not None:
+            done, shipper = shipper, None
+            await _close_spool(done, url, console)
         left = collector.unwritten()
         if left.rows:
             raise RecorderError(unwritten_message(left, opts.data_dir, collector.write_errors[-1]))
@@ -72,6 +91,25 @@ async def record(
             restore_signals()
         if simulator is not None:
             await simulator.stop()
+        if shipper is not None:  # a failed start or an error: what is finished still goes up
+            await asyncio.to_thread(shipper.close)
+
+
+def _open_logs(c: Collector) -> set[Path]:
+    return {p for x in list(c.connections) if x.dispatcher.rawlog and (p := x.dispatcher.rawlog.open_path)}
+
+
+async def _close_spool(shipper: Shipper, url: S3Url, console: Console) -> None:
+    """Publish what is left; files the store did not take stay in the spool for the next start."""
+    left = await asyncio.to_thread(shipper.close)
+    res = shipper.publisher.result
+    console.print(f"published {res.uploaded:,} files ({res.bytes / 1e6:,.1f} MB) to {url}", highlight=False)
+    if left:
+        why = shipper.errors[-1] if shipper.errors else "unknown error"
+        raise RecorderError(
+            f"{len(left):,} finished files could not be published to {url} ({why}); they are kept in "
+            f"the spool {shipper.spool} and the next `recorder run` with this data dir and spool publishes them"
+        )
 
 
 async def _check_and_recover(data_dir: Path, console: Console) -> None:
@@ -113,20 +151,50 @@ async def _refresh(live: Live, collector: Collector) -> None:
         live.update(_status(collector, start))
 
 
-def _status(c: Collector, start: float) -> Table:
+def _markets(c: Collector) -> str:
+    names = list(c.streams)
+    if len(names) <= 10:
+        return ", ".join(names)
+    return f"{len(names):,} markets ({', '.join(names[:5])}, ...) on {len(c.connections)} connections"
+
+
+STATUS_ROWS = 25  # symbols shown in the live table (the busiest first past this many)
+
+
+def _status(c: Collector, start: float) -> Group:
     t = Table(title=f"recorder · {c.exchange} · {time.monotonic() - start:,.0f} s", expand=False)
     for col in ("symbol", "trades", "book seq", "book", "top of book"):
         t.add_column(col)
-    for s in c.streams.values():
+    streams = list(c.streams.values())
+    if len(streams) > STATUS_ROWS:
+        streams = sorted(streams, key=lambda s: -s.trade_count)[:STATUS_ROWS]
+    for s in streams:
         b = s.book.book
         top = f"{b.best_bid()} / {b.best_ask()}" if s.book.valid else "-"
         t.add_row(s.user, f"{s.trade_count:,}", str(s.book.seq or "-"), "valid" if s.book.valid else "syncing", top)
+    if len(c.streams) > len(streams):
+        t.add_row(f"... {len(c.streams) - len(streams):,} more", "", "", "", "")
     frames = c.frames
     reconnects = sum(x.reconnects for x in c.connections)
+    valid = sum(s.book.valid for s in c.streams.values())
+    full = f"all subscribed in {c.subscribed_in:.1f} s" if c.subscribed_in is not None else "subscribing"
     t.caption = (
-        f"frames {frames:,} · reconnects {reconnects} · errors {c.errors} · "
+        f"{len(c.streams):,} markets · books valid {valid:,} · topics acked {c.topics_acked():,}/{c.topics_total():,} "
+        f"({full}) · frames {frames:,} · reconnects {reconnects} · errors {c.errors} · "
         f"buffered rows {c.sink.pending_rows():,} · files {c.sink.files_written}"
     )
+    return Group(t, _connections(c))
+
+
+def _connections(c: Collector) -> Table:
+    """Per-connection health: up or down, topics acknowledged of held, reconnects, frames."""
+    t = Table(title="connections", expand=False)
+    for col in ("conn", "state", "topics acked", "reconnects", "frames"):
+        t.add_column(col)
+    for x in c.connections:
+        up = x.ws is not None and not x.ws.closed
+        acked = sum(tp.acked for tp in x.topics)
+        t.add_row(str(x.index), "up" if up else "down", f"{acked}/{len(x.topics)}", str(x.reconnects), f"{x.frames:,}")
     return t
 
 
@@ -136,4 +204,6 @@ def _summary(c: Collector) -> str:
         f"stopped: {trades:,} trades, {c.sink.rows_written:,} rows in {c.sink.files_written} files, "
         f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors, "
         f"{sum(s.duplicates_dropped for s in c.streams.values())} trades replayed after a reconnect dropped"
+        + (f"; {c.topics_total():,} topics of {len(c.streams):,} markets on {len(c.connections)} connections "
+           f"all subscribed {c.subscribed_in:.1f} s after start" if c.subscribed_in is not None else "")
     )
