@@ -24,9 +24,12 @@ Endpoint and credentials come from the standard AWS environment and config (`AWS
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,3 +240,156 @@ def finished_files(spool: Path) -> list[Path]:
             if name.endswith(".parquet") or name.endswith(".rawlog.zst"):
                 out.append(p)
     return out
+
+
+# --- the spool of a recording: what is finished, what the bucket already holds ------------------
+
+STUB_PREFIX = ".published-"
+
+
+def stub_path(directory: Path, run: str) -> Path:
+    """The spool's record of how far `run`'s files published from `directory` go (see `remember`)."""
+    return directory / f"{STUB_PREFIX}{run}.parquet"
+
+
+def remember(path: Path) -> None:
+    """Before a published Parquet file leaves the spool, keep its raw-log position.
+
+    Crash recovery re-derives a dead run's rows from its raw log past the furthest position a
+    published file's footer records (`replay.published_positions`, reading the data dir's footers).
+    With a bucket, those files are gone from the spool: a zero-row file with the same schema and the
+    merged positions (`.published-<run>.parquet`, one per partition directory and run; a dot-name,
+    so never shipped) keeps them where recovery looks. Removed once the run is done (`forget_done`).
+    """
+    import pyarrow.parquet as pq
+
+    from recorder.storage.checkpoint import SOURCES_KEY, merge_sources, read_sources, sources_metadata
+    from recorder.storage.layout import run_of, temp_path
+
+    sources = read_sources(path)
+    run = run_of(path.name)
+    if not sources or run is None:
+        return
+    stub = stub_path(path.parent, run)
+    if stub.exists():
+        sources = merge_sources([read_sources(stub), sources])
+    schema = pq.read_schema(path)
+    meta = dict(schema.metadata or {})
+    meta[SOURCES_KEY.encode()] = sources_metadata(sources)[SOURCES_KEY].encode()
+    tmp = temp_path(stub)
+    with open(tmp, "wb") as fh:
+        pq.write_table(schema.with_metadata(meta).empty_table(), fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, stub)
+
+
+def _run_done(spool: Path, run: str) -> bool:
+    from recorder.storage.checkpoint import runs_dir
+
+    return (runs_dir(spool) / f"{run}.done").exists()
+
+
+def forget_done(spool: Path) -> int:
+    """Remove the position stubs of runs that are over (clean stop or recovered)."""
+    n = 0
+    for dirpath, dirs, files in os.walk(spool):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(STUB_PREFIX) and name.endswith(".parquet"):
+                run = name.removeprefix(STUB_PREFIX).removesuffix(".parquet")
+                if _run_done(spool, run):
+                    with contextlib.suppress(FileNotFoundError):
+                        (Path(dirpath) / name).unlink()
+                        n += 1
+    return n
+
+
+class Shipper:
+    """Publishes a live recording's spool in a background thread, every `interval` seconds.
+
+    Parquet files appear in the spool only complete (atomic rename), so any `*.parquet` there is
+    finished. A raw log is shipped only once closed: one of this run that no connection holds open
+    (`open_logs()`, read after listing, so a log opened meanwhile is not listed), or one of a run
+    that is over (`.runs/<run>.done`; a crashed run's logs stay until recovery has used them).
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        open_logs: Callable[[], set[Path]] = set,
+        interval: float = 1.0,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.spool = publisher.spool
+        self.open_logs = open_logs
+        self.interval = interval
+        self.on_error = on_error
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def sweep(self) -> int:
+        """Publish what is finished now; returns the files published. A store that fails stops
+        this sweep (the files stay in the spool for the next one); the error is reported once."""
+        from recorder.storage.layout import run_id, run_of
+
+        with self._lock:
+            files = finished_files(self.spool)
+            held = {p.resolve() for p in self.open_logs()}
+            me = run_id()
+            n = 0
+            for p in files:
+                if p.name.endswith(".rawlog.zst"):
+                    run = run_of(p.name)
+                    if p.resolve() in held or run is None:
+                        continue
+                    if run != me and not _run_done(self.spool, run):
+                        continue
+                try:
+                    if p.name.endswith(".parquet"):
+                        remember(p)
+                    self.publisher.publish(p)
+                    n += 1
+                except FileNotFoundError:
+                    continue
+                except (RecorderError, OSError) as exc:
+                    msg = str(exc) if isinstance(exc, RecorderError) else f"{p}: {exc}"
+                    if not self.errors or self.errors[-1] != msg:
+                        self.errors.append(msg)
+                        if self.on_error is not None:
+                            self.on_error(msg)
+                    break
+            return n
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="recorder-s3-publish", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sweep()
+            self._stop.wait(self.interval)
+
+    def close(self) -> list[Path]:
+        """Stop the thread, publish what is left, drop the stubs of finished runs; returns the
+        files still in the spool (the store refused or failed them: the next start retries)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sweep()
+        forget_done(self.spool)
+        return finished_files(self.spool)
+
+
+def open_spool(url: S3Url, spool: str | Path | None, endpoint: str | None = None) -> Shipper:
+    """For `recorder run --data-dir s3://...`: check the bucket (one-line errors), create the spool."""
+    s3 = check_bucket(url, endpoint)
+    root = Path(spool) if spool is not None else default_spool(url)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecorderError(f"spool {root} is not writable: {exc.strerror or exc}") from None
+    return Shipper(Publisher(root, url, s3, endpoint))

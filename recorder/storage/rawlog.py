@@ -146,6 +146,11 @@ class RawLog:
         return self.part, self.records
 
     @property
+    def open_path(self) -> Path | None:
+        """The file being appended to (None once closed): not finished, so not to be shipped."""
+        return self.path if self._fd is not None else None
+
+    @property
     def buffered_bytes(self) -> int:
         return len(self._buf)
 
