@@ -52,6 +52,9 @@ def run(
     all_markets: bool = typer.Option(False, "--all", help="every trading market of EXCHANGE (instead of SYMBOLs)"),
     quote: list[str] = typer.Option([], "--quote", help="only markets quoted in these (repeatable or comma list)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: only this shard's markets (rendezvous hashing)"),
+    market_refresh: float = typer.Option(
+        600.0, "--market-refresh", help="re-read the market list this often (s): new markets are added, delisted ones stop"
+    ),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="where Parquet goes"),
     channels: str | None = typer.Option(
         None, "--channels", help=f"comma list of the venue's channels (default: its default set; {CHANNELS})"
@@ -81,6 +84,7 @@ def run(
         checks.positive(duration, "--duration")
         checks.positive(flush_interval, "--flush-interval")
         checks.positive(sim_rate, "--sim-rate", "events per second")
+        checks.positive(market_refresh, "--market-refresh")
         if all_markets == bool(symbols):
             fail("give SYMBOLs or --all, not both" if all_markets else "give SYMBOLs or --all (every market)")
         if sim_symbols < 0:
@@ -89,6 +93,7 @@ def run(
             all_markets=all_markets,
             quotes=quote_list(quote),
             shard=parse_shard(shard) if shard is not None else None,
+            market_refresh=market_refresh,
             data_dir=data_dir,
             channels=_channels(exchange, channels),
             duration=duration,

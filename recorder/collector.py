@@ -73,6 +73,7 @@ class Options:
     all_markets: bool = False
     quotes: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
+    market_refresh: float = 600.0  # seconds between two reads of the market list (new / delisted markets)
 
     def silence_limit(self, rate: float) -> float:
         """Seconds without a frame after which a connection usually receiving `rate` frames/s is probed."""
@@ -128,6 +129,7 @@ class Collector:
         self._stream_locks: list[tuple[Path, int]] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
         self.subscribed_in: float | None = None  # seconds from run() to every topic acknowledged
+        self._delisted: dict[str, Connection] = {}  # delisted market -> the connection that held it
 
     def spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -165,9 +167,18 @@ class Collector:
                 self.lock = None
             await self.session.close()
             raise
-        for inst in self.instruments:
+        self._open(self.instruments)
+
+    def _open(self, instruments: list[Instrument]) -> list[Connection]:
+        """Streams for `instruments` on new connections of their own (each with its raw log, whose
+        header lists exactly its topics: a connection's topic set never grows)."""
+        new = []
+        for inst in instruments:
             self.streams[inst.symbol] = Stream(self.sink, self.exchange, inst, self.venue.sequence_policy())
-        for n, group in enumerate(self._topic_groups()):
+            new.append(self.streams[inst.symbol])
+        opened = []
+        for group in self._topic_groups(new):
+            n = len(self.connections)
             rawlog = None
             if self.options.raw:
                 rawlog = RawLog(
@@ -177,6 +188,8 @@ class Collector:
             codec = self.venue.codec([t.stream.inst for t in group])
             d = Dispatcher(codec, group, self.options.snapshot_depth, rawlog, polls=self.venue.polls)
             self.connections.append(Connection(self, d, n))
+            opened.append(self.connections[-1])
+        return opened
 
     def select(self, listed: list[Instrument]) -> list[Instrument]:
         """The instruments this process records, from the venue's market list: the user's symbols
@@ -194,11 +207,11 @@ class Collector:
             raise RecorderError(f"{what} of {self.exchange}{quote}{shard} to record")
         return chosen
 
-    def _topic_groups(self) -> list[list[Topic]]:
+    def _topic_groups(self, streams: list[Stream]) -> list[list[Topic]]:
         """Topics per connection, within the exchange's cap; a symbol's topics share a connection."""
         per = self.venue.limits.topics_per_connection
         groups: list[list[Topic]] = [[]]
-        for s in self.streams.values():
+        for s in streams:
             mine = [Topic(self.venue.topic(ch, s.inst), ch, s) for ch in self.channels]
             if len(groups[-1]) + len(mine) > per:
                 groups.append([])
@@ -232,6 +245,7 @@ class Collector:
             conn_tasks = [asyncio.create_task(c.run()) for c in self.connections]
             aux = [asyncio.create_task(self._snapshots()), asyncio.create_task(self._flusher())]
             aux.append(asyncio.create_task(self._time_subscription()))
+            aux.append(asyncio.create_task(self._refresh_markets()))
             aux += [asyncio.create_task(self._poll(p)) for p in self.venue.polls if p.channel in self.channels]
             if self.options.raw:
                 aux.append(asyncio.create_task(self._raw_flusher()))
@@ -283,6 +297,60 @@ class Collector:
         self.subscribed_in = time.monotonic() - start
         log.info("%s: all %d topics on %d connections subscribed in %.1f s", self.exchange,
                  self.topics_total(), len(self.connections), self.subscribed_in)
+
+    async def _refresh_markets(self) -> None:
+        """Every `market_refresh` s, the market list again: markets newly in the selection get
+        streams on new connections (opened within the connect budget); markets no longer listed get
+        a `stop` event (cause `delisted`, in the raw log too) and are unsubscribed."""
+        while True:
+            await asyncio.sleep(self.options.market_refresh)
+            try:
+                listed = await fetch_instruments(self.session, self.venue, self.rest_url)
+            except (RecorderError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("%s: market list refresh failed: %s; keeping the current markets", self.exchange, exc)
+                continue
+            if not listed:  # an empty list is a broken answer, not every market delisted at once
+                continue
+            try:
+                chosen = {i.symbol: i for i in self.select(listed)}
+            except RecorderError:  # none of ours is listed any more
+                chosen = {}
+            live = {sym for sym in self.streams if sym not in self._delisted}
+            for sym in sorted(live - chosen.keys()):
+                self._delist(sym)
+            added = [inst for sym, inst in chosen.items() if sym not in live]
+            if added:
+                self._add(added)
+
+    def _add(self, added: list[Instrument]) -> None:
+        if self.options.data_dir is not None:
+            for inst in added:
+                if inst.symbol not in self._delisted:  # a relisted market's lock is still held
+                    self._stream_locks.append(lock_stream(self.options.data_dir, self.exchange, inst.symbol))
+        for inst in added:
+            self._delisted.pop(inst.symbol, None)
+        opened = self._open(added)
+        log.info("%s: %d new market(s) listed (%s); %d new connection(s)", self.exchange, len(added),
+                 ", ".join(i.symbol for i in added[:5]) + (", ..." if len(added) > 5 else ""), len(opened))
+        for conn in opened:
+            self.spawn(conn.run())
+
+    def _delist(self, symbol: str) -> None:
+        """The venue no longer lists `symbol`: its coverage ends (a `stop` event, cause `delisted`,
+        also in the raw log so a replay ends it at the same point) and its topics are unsubscribed."""
+        t = now_us()
+        for conn in self.connections:
+            mine = [tp for tp in conn.topics if tp.stream.user == symbol]
+            if not mine:
+                continue
+            for tp in mine:
+                conn.dispatcher.event(t, tp.channel, STOP, "market delisted", Cause.DELISTED, topic=tp.name)
+                if tp in conn.deadlines.topics:
+                    conn.deadlines.topics.remove(tp)
+            self._delisted[symbol] = conn
+            if conn.ws is not None and not conn.ws.closed:
+                self.spawn(conn._send_all(self.venue.unsubscribe([tp.name for tp in mine]), conn.ws))
+        log.info("%s: %s delisted; stopped recording it", self.exchange, symbol)
 
     def topics_total(self) -> int:
         return sum(len(c.topics) for c in self.connections)
@@ -383,6 +451,9 @@ class Collector:
             meta = sources_metadata([{"run": raw.run, "conn": conn.index, "part": part, "records": records}])
             for t in conn.topics:
                 sources[t.stream.user] = meta
+            for sym, holder in self._delisted.items():  # its last rows (the stop event) still need a source
+                if holder is conn and sym not in sources:
+                    sources[sym] = meta
         taken = self.sink.take() if keep_bytes is None else self.sink.take_largest(keep_bytes)
         source = (lambda key: sources[key[2]]) if sources else None
         self._inflight = asyncio.ensure_future(asyncio.to_thread(self.sink.write, taken, source))

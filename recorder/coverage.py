@@ -67,6 +67,7 @@ CAUSE_TEXT = {
     Cause.DISK: "data dropped (disk)",
     Cause.OUT_OF_ORDER: "out-of-order update",
     Cause.RESTART: "sequence restart",
+    Cause.DELISTED: "market delisted",
 }
 CAUSE_TEXT_OTHER = "error"  # decode, exchange, refused, no_snapshot, and any code not listed
 

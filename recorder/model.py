@@ -185,6 +185,7 @@ class Cause:
     EXCHANGE = "exchange"  # an error the exchange sent
     REFUSED = "refused"  # a subscription the exchange refused
     NO_SNAPSHOT = "no_snapshot"  # a snapshot that never came
+    DELISTED = "delisted"  # the venue's market list no longer has the market (a `stop` of its topics)
 
 
 DEFAULT_CAUSE = {CONNECT: Cause.CONNECT, DISCONNECT: Cause.DISCONNECT, GAP: Cause.GAP, STOP: Cause.STOP}

@@ -162,6 +162,9 @@ class Dispatcher:
         for tp in self.topics:
             if (channel is None or tp.channel == channel) and (topic is None or tp.name == topic):
                 tp.stream.event(tp.channel, event, detail, t, cause)
+        if cause == Cause.DELISTED and topic is not None:
+            self._retire(topic)  # live and replay alike: nothing of this topic is routed from here on
+            return
         if event == ERROR and (cause == Cause.STALE or (cause is None and detail.startswith(STALE))):
             # a silence verdict: validity ended at the last frame, so no snapshot row may claim the
             # book until a new one arrives (here, not in the Connection, so that replay agrees)
@@ -176,6 +179,19 @@ class Dispatcher:
                     tp.resync_since = None
                 elif tp.channel == TRADES:
                     tp.stream.arm_replay_guard()
+
+    def _retire(self, name: str) -> None:
+        """A delisted market's topic leaves the connection (its header still lists it)."""
+        tp = self.by_topic.pop(name, None)
+        if tp is None:
+            return
+        self.topics.remove(tp)  # in place: the Connection holds this list
+        key = tp.stream.wire
+        if self.book_by_wire.get(key) is tp:
+            del self.book_by_wire[key]
+        if tp.channel == TRADES and self.trades_by_wire.get(key) is tp.stream:
+            del self.trades_by_wire[key]
+        self.other.pop((tp.channel, key), None)
 
     def tick(self, t: int) -> None:
         """The book_snapshots cadence (logged, so replay writes the same snapshot rows)."""
