@@ -120,8 +120,11 @@ def run(symbols: int, seconds: float, liquid: int, mid: int, tail_per_min: float
 
 
 def measure(data, truth, usage, samples, users, rate, seconds, warmup, loads, err) -> dict:
+    import duckdb
+
     import recorder
-    from recorder.bookreplay import rebuild_book
+    from recorder.bookreplay import replay_rows
+    from recorder.query import HIVE_TYPES
 
     con = recorder.connect(data)
     trades = con.execute("select count(*) from trades").fetchone()[0]
@@ -132,10 +135,21 @@ def measure(data, truth, usage, samples, users, rate, seconds, warmup, loads, er
     snaps = con.execute("select count(*) from book_snapshots").fetchone()[0]
     bad = con.execute("select count(*) from events where event in ('gap', 'error', 'disconnect')").fetchone()[0]
     files = sum(1 for _ in data.rglob("*.parquet"))
+    # every book rebuilt the way `recorder.bookreplay.rebuild_book` does (file order), in one query
+    cols = duckdb.sql(
+        f"""SELECT symbol, recv_ts, ts, seq, is_snapshot, side, price, amount
+            FROM read_parquet('{data}/book_updates/*/*/*/*.parquet', hive_partitioning = true,
+                              hive_types = {HIVE_TYPES}, filename = true, file_row_number = true)
+            ORDER BY symbol, date, filename, file_row_number"""
+    ).to_arrow_table().to_pydict()
+    spans: dict[str, list[int]] = {}
+    for i, sym in enumerate(cols["symbol"]):
+        spans.setdefault(sym, [i, i])[1] = i + 1
     invalid = []
     for user in users:
         seq, bids, asks = truth["books"][user]
-        book = rebuild_book(data, "bitmart", user)
+        lo, hi = spans.get(user, (0, 0))
+        book = replay_rows({k: v[lo:hi] for k, v in cols.items() if k != "symbol"})
         if book.seq != seq or book.bids != bids or book.asks != asks:
             invalid.append(user)
     steady = [s for s in samples if s[0] >= warmup]
