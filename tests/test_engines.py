@@ -397,6 +397,36 @@ def test_spark_reads_every_table_like_duckdb(lake, truth):
     assert merged.filter(F.col("cause").isNull()).count() == truth["events"].null_cause
 
 
+def _readme_block() -> str:
+    """The Python block of the README's "Reading the lake with other engines" section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Reading the lake with other engines\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_snippets_read_the_lake(lake, truth):
+    """The README's block runs as written (the Spark part only where Spark runs) and reads the
+    `events` table, old file included, as DuckDB does."""
+    block = _readme_block()
+    want = sum(truth["events"].partitions.values())
+    if lake.spark is None:
+        block = block.split("# Spark", 1)[0]
+    ns = {"root": str(lake.root), "table": "events", "spark": lake.spark}
+    exec(compile(block, "README.md", "exec"), ns)
+    trades_by_symbol: dict[str, int] = {}
+    for (_, symbol, _), n in truth["trades"].partitions.items():
+        trades_by_symbol[symbol] = trades_by_symbol.get(symbol, 0) + n
+    assert dict(ns["counts"]) == trades_by_symbol
+    assert ns["t"].num_rows == ns["df"].height == want
+    assert ns["t"]["cause"].null_count == ns["df"]["cause"].null_count() == truth["events"].null_cause
+    if lake.spark is not None:
+        assert ns["sdf"].schema.simpleString() == lake.spark.read.schema(spark_ddl("events")).parquet(
+            str(lake.root / "events")).schema.simpleString()
+        for sdf in (ns["sdf"], ns["merged"]):
+            assert sdf.count() == want
+            assert sdf.filter(sdf["cause"].isNull()).count() == truth["events"].null_cause
+
+
 def test_readers_ignore_files_in_progress(lake, truth):
     """A file still being written lives under a dot-name ending in `.tmp`: pyarrow and Spark skip
     names starting with '.' or '_', polars' *.parquet glob does not match it."""
