@@ -47,8 +47,11 @@ def quote_list(values: list[str]) -> tuple[str, ...]:
 
 @app.command()
 def run(
-    exchange: str = typer.Argument(..., help=EXCHANGES),
+    exchange: str | None = typer.Argument(None, help=EXCHANGES + " (not with --config)"),
     symbols: list[str] | None = typer.Argument(None, help="BASE-QUOTE, e.g. BTC-USDT (or --all)"),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file: several exchanges / symbol sets in one process (examples/recorder.toml)"
+    ),
     all_markets: bool = typer.Option(False, "--all", help="every trading market of EXCHANGE (instead of SYMBOLs)"),
     quote: list[str] = typer.Option([], "--quote", help="only markets quoted in these (repeatable or comma list)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: only this shard's markets (rendezvous hashing)"),
@@ -85,10 +88,27 @@ def run(
         checks.positive(flush_interval, "--flush-interval")
         checks.positive(sim_rate, "--sim-rate", "events per second")
         checks.positive(market_refresh, "--market-refresh")
-        if all_markets == bool(symbols):
-            fail("give SYMBOLs or --all, not both" if all_markets else "give SYMBOLs or --all (every market)")
         if sim_symbols < 0:
             fail(f"--sim-symbols must be 0 (the default set) or more, not {sim_symbols}")
+        sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
+        if sim_options is not None and sim_symbols:
+            sim_options["symbols"] = sim_symbols
+        if config is not None:
+            from recorder import config as config_file
+            from recorder.app.record import record_many
+
+            if exchange or symbols or all_markets or quote or channels or ws_url or rest_url:
+                fail("--config names the exchanges and markets: give no EXCHANGE, SYMBOLs, --all, --quote, "
+                     "--channels, --ws-url or --rest-url with it")
+            base = Options(data_dir=data_dir, duration=duration, flush_interval=flush_interval, raw=raw,
+                           market_refresh=market_refresh)
+            plans = config_file.load(config, base, parse_shard(shard) if shard is not None else None)
+            asyncio.run(record_many(plans, sim=sim_options, status=not quiet))
+            return
+        if exchange is None:
+            fail("give EXCHANGE and SYMBOLs (or --all), or --config FILE")
+        if all_markets == bool(symbols):
+            fail("give SYMBOLs or --all, not both" if all_markets else "give SYMBOLs or --all (every market)")
         opts = Options(
             all_markets=all_markets,
             quotes=quote_list(quote),
@@ -102,9 +122,6 @@ def run(
             flush_interval=flush_interval,
             raw=raw,
         )
-        sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
-        if sim_options is not None and sim_symbols:
-            sim_options["symbols"] = sim_symbols
         asyncio.run(record(exchange, list(symbols or []), opts, sim=sim_options, status=not quiet, spool=spool, s3_endpoint=s3_endpoint))
 
     run_guarded(go)

@@ -125,6 +125,7 @@ class Collector:
         self.dropped_rows = 0
         self.dropped_raw_bytes = 0
         self.lock: RunLock | None = None
+        self.owns_lock = True  # False: the caller shares one run lock between collectors and finishes it
         self._inflight: asyncio.Future | None = None
         self._stream_locks: list[tuple[Path, int]] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
@@ -151,7 +152,8 @@ class Collector:
             if not recovered:
                 check_writable(data_dir)
                 recover(data_dir, alive=lambda run: run_is_alive(data_dir, run))
-            self.lock = RunLock(data_dir)
+            if self.lock is None:  # else the process's run lock, shared by its collectors (--config)
+                self.lock = RunLock(data_dir)
         self.session = new_session()
         try:
             listed = await fetch_instruments(self.session, self.venue, self.rest_url)
@@ -162,7 +164,7 @@ class Collector:
             await self._probe_websocket()
         except BaseException:
             self._release_stream_locks()
-            if self.lock is not None:  # nothing was recorded: leave no lock file behind
+            if self.lock is not None and self.owns_lock:  # nothing was recorded: leave no lock file behind
                 self.lock.abandon()
                 self.lock = None
             await self.session.close()
@@ -275,7 +277,7 @@ class Collector:
                     except OSError as exc:
                         written = None
                         self._disk_trouble(f"cannot close raw log: {exc.strerror or exc}")
-            if self.lock is not None:
+            if self.lock is not None and self.owns_lock:
                 clean = written is not None and self.sink.pending_rows() == 0
                 self.lock.finish(clean=clean, has_raw=self.options.raw)
             self._release_stream_locks()

@@ -16,6 +16,7 @@ from recorder.app.simulate import start_simulator
 from recorder.collector import Collector, Options, Unwritten
 from recorder.errors import RecorderError
 from recorder.recovery import recover_data_dir
+from recorder.storage.checkpoint import RunLock
 from recorder.storage.layout import check_writable
 from recorder.storage.objectstore import S3Url, Shipper, open_spool, parse_s3
 
@@ -93,6 +94,78 @@ async def record(
             await simulator.stop()
         if shipper is not None:  # a failed start or an error: what is finished still goes up
             await asyncio.to_thread(shipper.close)
+
+
+async def record_many(plans: list, sim: dict | bool | None = None, status: bool = True) -> list[Collector]:
+    """`recorder run --config`: one Collector per plan (`recorder.config.Plan`), sharing nothing but
+    the data dir (checked and recovered once), the signal handling and the status display; all stop
+    together (SIGINT/SIGTERM or the duration)."""
+    dirs = {str(p.options.data_dir) for p in plans}
+    if len(dirs) != 1:
+        raise RecorderError("every recording of a config shares one data dir")
+    data_dir = plans[0].options.data_dir
+    if parse_s3(data_dir) is not None:
+        raise RecorderError("--config records into a local data dir only (s3:// is for single-exchange runs)")
+    console = Console(stderr=True)
+    simulators, collectors, prepared = [], [], []
+    lock = None
+    restore_signals = None
+    try:
+        for p in plans:
+            if sim:
+                simulators.append(await start_simulator(p.exchange, sim))
+                p.options.ws_url = p.options.ws_url or simulators[-1].ws_url
+                p.options.rest_url = p.options.rest_url or simulators[-1].rest_url
+            collectors.append(Collector(p.exchange, p.symbols, p.options))
+        await _check_and_recover(data_dir, console)
+        lock = RunLock(data_dir)  # one run (one process): its raw logs are told apart by exchange
+        for c in collectors:
+            c.lock, c.owns_lock = lock, False
+        for c in collectors:
+            await c.prepare(recovered=True)
+            prepared.append(c)
+        restore_signals = install_signal_handlers(lambda: [c.stop() for c in collectors])
+        for c in collectors:
+            console.print(
+                f"recording {c.exchange} {_markets(c)} -> {data_dir} ({'simulator ' if sim else ''}{c.ws_url})",
+                highlight=False,
+            )
+        runs = asyncio.gather(*(c.run() for c in collectors))
+        prepared = []  # run() cleans up after itself from here on
+        if status and sys.stderr.isatty():
+            start = time.monotonic()
+            with Live(Group(*(_status(c, start) for c in collectors)), console=console, refresh_per_second=1) as live:
+                updater = asyncio.create_task(_refresh_many(live, collectors, start))
+                try:
+                    await runs
+                finally:
+                    updater.cancel()
+        else:
+            await runs
+        for c in collectors:
+            console.print(f"{c.exchange} {_summary(c)}", highlight=False)
+        for c in collectors:
+            left = c.unwritten()
+            if left.rows:
+                raise RecorderError(unwritten_message(left, data_dir, c.write_errors[-1]))
+        return collectors
+    finally:
+        for c in prepared:  # a later one failed to start: stop those already prepared, cleanly
+            c.stop()
+            await c.run()
+        if lock is not None:
+            clean = all(c.sink.pending_rows() == 0 and not c.write_errors for c in collectors)
+            lock.finish(clean=clean, has_raw=any(c.options.raw for c in collectors))
+        if restore_signals is not None:
+            restore_signals()
+        for s in simulators:
+            await s.stop()
+
+
+async def _refresh_many(live: Live, collectors: list[Collector], start: float) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        live.update(Group(*(_status(c, start) for c in collectors)))
 
 
 def _open_logs(c: Collector) -> set[Path]:
