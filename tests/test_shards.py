@@ -6,8 +6,10 @@ against one simulator record every market exactly once between them."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -93,3 +95,66 @@ async def test_two_shards_record_every_market_once(tmp_path) -> None:
         assert 0.3 * len(trading) < len(mine) < 0.7 * len(trading)
         got += mine
     assert sorted(got) == trading  # together: every market exactly once
+
+
+# ---- deploy/: the examples run as written ------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _fake_recorder(tmp_path: Path) -> dict[str, str]:
+    """A PATH whose `recorder` prints its arguments, one per line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "recorder"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_statefulset_shard_from_pod_ordinal(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    docs = list(yaml.safe_load_all((DEPLOY / "statefulset.yaml").read_text()))
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert int(env["SHARDS"]) == spec["replicas"]  # one shard per pod
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["data"]  # a volume per pod
+    assert c["command"] == ["/bin/sh", "-c"] and len(c["args"]) == 1
+    assert f"--data-dir {mounts['data']}" in c["args"][0]
+    path = _fake_recorder(tmp_path)
+    for host, shards, want in [("recorder-0", "4", "0/4"), ("recorder-3", "4", "3/4"),
+                               ("my-recorder-12", "16", "12/16"), ("recorder-1", env["SHARDS"], f"1/{env['SHARDS']}")]:
+        out = subprocess.run(["sh", "-c", c["args"][0]], env={**path, "HOSTNAME": host, "SHARDS": shards,
+                             "EXCHANGE": env["EXCHANGE"]}, capture_output=True, text=True, check=True).stdout.split("\n")
+        assert out[:3] == ["run", env["EXCHANGE"], "--all"]
+        shard = out[out.index("--shard") + 1]
+        assert shard == want and parse_shard(shard) == tuple(int(x) for x in want.split("/"))
+
+
+def test_systemd_template_unit(tmp_path: Path) -> None:
+    text = (DEPLOY / "recorder@.service").read_text()
+    assert "--shard %i/${SHARDS}" in text and "StateDirectory=recorder/shard-%i" in text
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / "recorder@.service"  # the real binary instead of /opt/recorder's, else verify says so
+    unit.write_text(text.replace("/opt/recorder/bin/recorder", str(Path(sys.executable).parent / "recorder")))
+    (tmp_path / "recorder@1.service").symlink_to(unit.name)
+    res = subprocess.run([analyze, "verify", str(tmp_path / "recorder@1.service")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+
+
+def test_dockerfile() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert text.splitlines()[[ln.startswith("FROM") for ln in text.splitlines()].index(True)] == "FROM python:3.11-slim"
+    assert "pip install ." in text and 'ENTRYPOINT ["recorder"]' in text and "USER recorder" in text
+    root = DEPLOY.parent
+    for line in text.splitlines():  # everything it copies exists (the build context is the repository root)
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (root / src).exists(), src
