@@ -222,6 +222,7 @@ class Collector:
 
     async def _probe_websocket(self) -> None:
         """Fail at start-up, not in a reconnect loop, when the websocket endpoint is unreachable."""
+        await self.connect_limiter.acquire()  # a connection attempt like any other: within the budget
         try:
             async with self.session.ws_connect(self.ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)):
                 pass
