@@ -5,10 +5,10 @@ simulators: bitmart spot, bitmart_perpetual, built candles and backfilled exchan
 (exchange, symbol, date) partition, the partition keys taken from the path, `ts` as UTC instants,
 the first level of every book snapshot, and `cause` NULL exactly on the old file's rows.
 
-The snippets in the README's "Reading the lake with other engines" are the readers below
-(`read_pyarrow`, `read_polars`, `read_spark`). One Spark session (local[1], UI off, bound to
-127.0.0.1) serves the whole module and starts while the recorders run. Without a Java runtime the
-Spark test is skipped; under CI=1 any other reason Spark cannot run fails instead of skipping."""
+The README's "Reading the lake with other engines" shows the readers below (`read_pyarrow`,
+`read_polars`, `read_spark`), and its code block is run as written. One Spark session (local[1], UI
+off, bound to 127.0.0.1) starts while the recorders run. Without a Java runtime the Spark part is
+skipped (after the others passed); under CI=1 any other reason Spark cannot run fails the test."""
 
 from __future__ import annotations
 
@@ -311,7 +311,7 @@ def _check(engine: str, table: str, got: Facts, want: Facts) -> None:
 # --- the engines -------------------------------------------------------------------------------------
 
 
-def test_pyarrow_reads_every_table_like_duckdb(lake, truth):
+def check_pyarrow(lake: Lake, truth: dict[str, Facts]) -> None:
     for table in TABLES:
         t = read_pyarrow(lake.root, table)
         assert t.schema.field("ts").type == pa.timestamp("us", tz="UTC")
@@ -333,7 +333,7 @@ def test_pyarrow_reads_every_table_like_duckdb(lake, truth):
         _check("pyarrow", table, got, truth[table])
 
 
-def test_polars_reads_every_table_like_duckdb(lake, truth):
+def check_polars(lake: Lake, truth: dict[str, Facts]) -> None:
     for table in TABLES:
         df = read_polars(lake.root, table)
         assert df.schema["ts"] == pl.Datetime("us", "UTC")
@@ -354,11 +354,7 @@ def test_polars_reads_every_table_like_duckdb(lake, truth):
         _check("polars", table, got, truth[table])
 
 
-def test_spark_reads_every_table_like_duckdb(lake, truth):
-    if lake.spark is None:
-        if os.environ.get("CI") and "no Java runtime" not in lake.spark_skip:
-            pytest.fail(f"{lake.spark_skip}: CI must run this test")
-        pytest.skip(lake.spark_skip)
+def check_spark(lake: Lake, truth: dict[str, Facts]) -> None:
     from pyspark.sql import functions as F
     from pyspark.sql.types import DateType, StringType, TimestampType
 
@@ -404,7 +400,7 @@ def _readme_block() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_snippets_read_the_lake(lake, truth):
+def check_readme_block(lake: Lake, truth: dict[str, Facts]) -> None:
     """The README's block runs as written (the Spark part only where Spark runs) and reads the
     `events` table, old file included, as DuckDB does."""
     block = _readme_block()
@@ -427,7 +423,7 @@ def test_readme_snippets_read_the_lake(lake, truth):
             assert sdf.filter(sdf["cause"].isNull()).count() == truth["events"].null_cause
 
 
-def test_readers_ignore_files_in_progress(lake, truth):
+def check_files_in_progress(lake: Lake, truth: dict[str, Facts]) -> None:
     """A file still being written lives under a dot-name ending in `.tmp`: pyarrow and Spark skip
     names starting with '.' or '_', polars' *.parquet glob does not match it."""
     part = next((lake.root / "trades").glob("exchange=*/symbol=*/date=*"))
@@ -441,3 +437,17 @@ def test_readers_ignore_files_in_progress(lake, truth):
             assert read_spark(lake.spark, lake.root, "trades").count() == want
     finally:
         partial.unlink()
+
+
+def test_engines_read_the_lake_like_duckdb(lake, truth):
+    """One test rather than one per engine: pytest-xdist may run a module's tests on two workers,
+    and each would record its own lake and start its own JVM."""
+    check_pyarrow(lake, truth)
+    check_polars(lake, truth)
+    check_readme_block(lake, truth)
+    check_files_in_progress(lake, truth)
+    if lake.spark is None:
+        if os.environ.get("CI") and "no Java runtime" not in lake.spark_skip:
+            pytest.fail(f"{lake.spark_skip}: CI must run the Spark part")
+        pytest.skip(f"Spark part: {lake.spark_skip} (pyarrow, polars and the README block passed)")
+    check_spark(lake, truth)
