@@ -6,7 +6,7 @@ flush_interval = 60          # optional, seconds
 market_refresh = 600         # optional, seconds
 
 [[record]]
-exchange = "bitmart"
+exchange = "bitmart_perpetual"
 all = true                   # every trading market ...
 quote = ["USDT"]             # ... quoted in these
 shard = "0/2"                # optional (else --shard, if given)
