@@ -54,7 +54,10 @@ def check_data_dir(data_dir: str | Path) -> Path:
     must not look like an empty recording)."""
     root = Path(data_dir)
     if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
-        raise RecorderError(f"data dir {data_dir}: remote data dirs (s3://...) are not supported yet")
+        raise RecorderError(
+            f"data dir {data_dir}: this command does not support s3:// data dirs yet "
+            "(recorder run, sql, status and recorder.connect() do)"
+        )
     if not root.exists():
         raise RecorderError(f"no data dir at {root} (it does not exist)")
     if not root.is_dir():
@@ -210,3 +213,65 @@ def scan_table(root: Path, table: str, exchange: str | None = None, symbol: str 
     for s in found.skipped:
         log.warning("%s: %s", table, s)
     return found
+
+
+# --- a bucket as the data dir (`s3://bucket/prefix`) -------------------------------------------
+
+
+def s3_filesystem(endpoint: str | None = None):
+    """An fsspec S3 filesystem (s3fs) for DuckDB's `register_filesystem`: DuckDB reads the bucket
+    through Python, so no extension (httpfs) is downloaded, and nothing is needed offline.
+    Endpoint and credentials: the standard AWS environment/config (`AWS_ENDPOINT_URL` ...)."""
+    import s3fs  # heavy: only for s3:// data dirs
+
+    kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
+
+
+def check_remote(url, fs) -> None:
+    """The bucket is usable (one-line errors) and holds something under the prefix: a mistyped
+    prefix must not look like an empty recording."""
+    from recorder.storage.objectstore import check_bucket
+
+    check_bucket(url)
+    try:
+        found = fs.ls(url.path, detail=False)
+    except FileNotFoundError:
+        found = []
+    if not found:
+        raise RecorderError(f"no data dir at {url} (nothing under that prefix)")
+
+
+def remote_partition_files(fs, url, table: str) -> TableFiles:
+    """`partition_files` for a bucket: the table's `*.parquet` objects under valid partition
+    directories (one listing). Files are `s3://` URLs (str). Footers are not checked here (that
+    would read every object at each connect): objects are only ever published whole and verified."""
+    out = TableFiles()
+    base = f"{url.path}/{table}"
+    try:
+        keys = sorted(fs.find(base))
+    except FileNotFoundError:
+        keys = []
+    bad: set[str] = set()
+    for key in keys:
+        parts = key[len(base) + 1 :].split("/")
+        name = parts[-1]
+        if not name.endswith(".parquet") or name.startswith("."):
+            continue
+        if len(parts) != 4:
+            where = "/".join(parts[:-1])
+            if where not in bad:
+                bad.add(where)
+                out.skipped.append(Skipped(table, f"s3://{base}/{where}", "not a partition directory"))
+            continue
+        problem = next(
+            (p for k, d in zip(PARTITION_KEYS, parts[:3], strict=True) if (p := partition_problem(k, d))),
+            None,
+        )
+        if problem is not None:
+            if "/".join(parts[:3]) not in bad:
+                bad.add("/".join(parts[:3]))
+                out.skipped.append(Skipped(table, f"s3://{base}/{'/'.join(parts[:3])}", problem))
+            continue
+        out.files.append(f"s3://{key}")  # type: ignore[arg-type]
+    return out

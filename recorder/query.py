@@ -3,14 +3,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from recorder.coverage import COMPLETENESS_SQL, COVERAGE_SQL
-from recorder.lake import Skipped, TableFiles, check_data_dir, partition_files, scan_table
+from recorder.lake import (
+    Skipped,
+    TableFiles,
+    check_data_dir,
+    check_remote,
+    partition_files,
+    remote_partition_files,
+    s3_filesystem,
+    scan_table,
+)
 from recorder.model import OPTIONAL_COLUMNS, SCHEMAS
+from recorder.storage.objectstore import parse_s3
+
+log = logging.getLogger("recorder.lake")
 
 HIVE_TYPES = "{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}"
 
@@ -92,8 +105,50 @@ def create_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path, warn: boo
     return skipped
 
 
+def create_remote_views(con: duckdb.DuckDBPyConnection, url, fs, warn: bool = True) -> list[Skipped]:
+    """`create_views` over a bucket (`s3://bucket/prefix`) read through the fsspec filesystem `fs`,
+    which must be registered with `con`: the same views, hive partitioning and pruning."""
+    skipped: list[Skipped] = []
+    for table in SCHEMAS:
+        found = remote_partition_files(fs, url, table)
+        for s in found.skipped if warn else ():
+            log.warning("%s: %s", table, s)
+        skipped += found.skipped
+        if not found.files:
+            select = _empty_select(table)
+        elif found.skipped:
+            select = files_select(table, found.files)
+        else:
+            select = files_select(table, _sql_str(f"{url}/{table}/*/*/*/*.parquet"))
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {select}")
+    con.execute(COVERAGE_SQL)
+    con.execute(COMPLETENESS_SQL)
+    return skipped
+
+
+def open_remote(url, endpoint: str | None = None) -> tuple[duckdb.DuckDBPyConnection, object]:
+    """A UTC DuckDB connection that reads `url`'s bucket through s3fs (no extension download or
+    autoload: an installed httpfs must not take s3:// over), and that filesystem."""
+    fs = s3_filesystem(endpoint)
+    check_remote(url, fs)
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET TimeZone = 'UTC'")
+    con.register_filesystem(fs)
+    return con, fs
+
+
 def open_views(data_dir: str | Path = "data", warn: bool = True) -> tuple[duckdb.DuckDBPyConnection, list[Skipped]]:
     """`connect`, plus the files and directories that were skipped."""
+    url = parse_s3(data_dir)
+    if url is not None:
+        con, fs = open_remote(url)
+        try:
+            return con, create_remote_views(con, url, fs, warn)
+        except BaseException:
+            con.close()
+            raise
     root = check_data_dir(data_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -105,5 +160,7 @@ def connect(data_dir: str | Path = "data") -> duckdb.DuckDBPyConnection:
 
     A missing data dir (or a path that is a file) is an error, not an empty recording. Damaged
     files and stray directories are left out of their table, each with a logged warning.
+    `data_dir` may be `s3://bucket/prefix` (read through s3fs; endpoint and credentials from the
+    standard AWS environment/config).
     """
     return open_views(data_dir)[0]

@@ -135,8 +135,16 @@ def _check_target(sql: str, kind: str, data_dir: Path) -> Path:
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, data_dir: Path, targets: list[Path], temp_dir: Path) -> None:
-    """No file access but reading the data dir (and writing the export targets); locked."""
-    allowed_dirs = sorted({f"{p}/" for p in (os.path.abspath(data_dir), _real(data_dir), *targets)})
+    """No file access but reading the data dir (and writing the export targets); locked.
+
+    A bucket (`S3Url`, read through a registered fsspec filesystem) is allowed by its URL prefix
+    `s3://bucket/prefix/`: DuckDB refuses every other path, and the statement allow-list keeps
+    writes out of it as it does for a local data dir."""
+    if isinstance(data_dir, Path | str):
+        local = [os.path.abspath(data_dir), _real(data_dir)]
+    else:
+        local = [str(data_dir)]  # S3Url: `s3://bucket/prefix`
+    allowed_dirs = sorted({f"{p}/" for p in (*local, *targets)})
     allowed_paths = sorted({str(p) for p in targets})
     # a COPY over an existing file writes `tmp_<name>` beside it first, then renames
     allowed_paths += sorted({str(p.with_name(f"tmp_{p.name}")) for p in targets})

@@ -12,6 +12,7 @@ from pathlib import Path
 from recorder.lake import Skipped
 from recorder.model import CHANNEL_SPECS
 from recorder.query import open_views
+from recorder.storage.objectstore import parse_s3
 
 STATUS_TEMPLATE = """
 WITH day AS (SELECT CAST(? AS TIMESTAMPTZ) AS d0, CAST(? AS TIMESTAMPTZ) + INTERVAL 1 day AS d1),
@@ -76,8 +77,17 @@ def status_report(data_dir: str | Path, date: str | None = None) -> tuple[list[s
 
 
 def disk_usage(data_dir: str | Path) -> dict[str, int]:
-    """Bytes on disk per top-level table directory (raw logs included)."""
+    """Bytes on disk (or in the bucket) per top-level table directory (raw logs included)."""
     out: dict[str, int] = {}
+    url = parse_s3(data_dir)
+    if url is not None:  # a bucket: object sizes per table, from one listing
+        from recorder.lake import s3_filesystem
+
+        for key, info in s3_filesystem().find(url.path, detail=True).items():
+            top = key[len(url.path) + 1 :].split("/", 1)[0]
+            if not top.startswith("."):
+                out[top] = out.get(top, 0) + int(info.get("size") or 0)
+        return dict(sorted(out.items()))
     root = Path(data_dir)
     if root.exists():
         for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 
@@ -17,7 +18,7 @@ BUCKET = "recorder-test"
 class RequestLog(logging.Handler):
     """Every request the server answered, as (method, path), from werkzeug's access log."""
 
-    LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP')
+    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(?P<method>[A-Z]+) (?P<path>\S+) HTTP')  # colour codes too
 
     def __init__(self) -> None:
         super().__init__()
@@ -303,3 +304,129 @@ async def test_sigkill_while_recording_into_a_bucket_loses_nothing_and_doubles_n
         pq.read_metadata(f)
     assert_trades_match_what_was_sent(mirror, sim, runs)
     assert not list(mirror.rglob(f"{STUB_PREFIX}*"))
+
+
+# --- reading a bucket: DuckDB through s3fs, no extension download ---------------------------------
+
+
+@pytest.fixture
+def lake(s3, tmp_path):
+    """A small real recording (two symbols, every table) at tmp/local and, the same files, in the
+    bucket under `lake/` (published from a copy of it as a spool)."""
+    import shutil
+    import subprocess
+
+    from recorder.storage.objectstore import Publisher, parse_s3
+
+    from .processes import RECORDER
+
+    local = tmp_path / "local"
+    p = subprocess.run(
+        [RECORDER, "run", "bitmart", "BTC-USDT", "ETH-USDT", "--sim", "--sim-rate", "200", "--duration", "3",
+         "--flush-interval", "1", "--data-dir", str(local), "-q"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    spool = tmp_path / "spool"
+    shutil.copytree(local, spool)
+    endpoint, c, log = s3
+    Publisher(spool, parse_s3(f"s3://{BUCKET}/lake"), c).publish_spool()
+    log.clear()
+    return local, f"s3://{BUCKET}/lake", log
+
+
+def test_connect_over_a_bucket_gives_the_same_views_as_the_directory(lake):
+    from recorder import connect
+    from recorder.model import SCHEMAS
+
+    local, url, _ = lake
+    a, b = connect(local), connect(url)
+    for table in [*SCHEMAS, "coverage"]:
+        q = f"select * from {table} order by all"
+        assert a.execute(q).fetchall() == b.execute(q).fetchall(), table
+    assert b.execute("select count(*) from trades").fetchone()[0] > 0
+    q = "select * from completeness('bitmart', 'BTC-USDT', 'trades', bucket := interval 1 second) order by all"
+    assert a.execute(q).fetchall() == b.execute(q).fetchall()
+    assert b.execute(q).fetchall()
+    ext = b.execute(
+        "select count(*) from duckdb_extensions() where extension_name = 'httpfs' and loaded"
+    ).fetchone()
+    assert ext == (0,), "httpfs must not be needed (or loaded)"
+
+
+def test_a_query_for_one_symbol_and_date_reads_only_that_partition(lake):
+    """Counted by the server's request log: no GET or HEAD of any other partition's object."""
+    from recorder import connect
+
+    local, url, log = lake
+    day = connect(local).execute("select max(date)::varchar from trades").fetchone()[0]
+    con = connect(url)  # a fresh connection: DuckDB caches what it has read of remote files
+    log.clear()
+    n = con.execute(
+        "select count(*) from trades where symbol = 'BTC-USDT' and date = ?::date", [day]
+    ).fetchone()[0]
+    assert n > 0
+    reads = [p for m, p in log.requests if m in ("GET", "HEAD") and ".parquet" in p]
+    assert reads, "the partition was read"
+    mine = f"/trades/exchange=bitmart/symbol=BTC-USDT/date={day}/"
+    assert [p for p in reads if mine not in p] == []
+    others = {p for m, p in log.requests if "ETH-USDT" in p or ("/trades/" not in p and ".parquet" in p)}
+    assert others == set()
+
+
+def test_recorder_sql_over_a_bucket_is_read_only(lake, tmp_path):
+    import subprocess
+
+    from .processes import RECORDER
+
+    local, url, _ = lake
+
+    def sql(q, *extra):
+        return subprocess.run(
+            [RECORDER, "sql", q, "--data-dir", url, "--format", "csv", *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    p = sql("select symbol, count(*) > 0 as any from trades group by all order by all")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["symbol,any", "BTC-USDT,true", "ETH-USDT,true"]
+    for q in (
+        f"copy (select 1) to '{url}/trades/x.parquet'",
+        "select * from read_parquet('s3://recorder-test/elsewhere/*.parquet')",
+        "select * from read_csv('/etc/hostname')",
+    ):
+        p = sql(q)
+        assert p.returncode != 0 and p.stderr.count("\n") == 1, (q, p.stderr)
+    p = sql(f"copy (select 1) to '{url}/x.csv'", "--write")
+    assert p.returncode != 0 and "local paths only" in p.stderr
+    out = tmp_path / "out.csv"
+    p = sql(f"copy (select count(*) from trades) to '{out}'", "--write")
+    assert p.returncode == 0, p.stderr
+    assert out.read_text().strip().splitlines()[-1].isdigit()
+
+
+def test_recorder_status_over_a_bucket(lake):
+    import subprocess
+
+    from .processes import RECORDER
+
+    local, url, _ = lake
+    env = {**os.environ, "COLUMNS": "250"}
+    p = subprocess.run([RECORDER, "status", "--data-dir", url], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "BTC-USDT" in p.stdout and "ETH-USDT" in p.stdout
+    assert "trades" in p.stdout.split("on disk:")[1] and "raw" in p.stdout.split("on disk:")[1]
+
+
+def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors(s3):
+    import subprocess
+
+    from .processes import RECORDER
+
+    for args, msg in (
+        (["sql", "select 1", "--data-dir", "s3://no-such-bucket/x"], "does not exist"),
+        (["sql", "select 1", "--data-dir", f"s3://{BUCKET}/typo"], "no data dir at s3://"),
+        (["compact", "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
+    ):
+        p = subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and msg in p.stderr and p.stderr.count("\n") == 1, (args, p.stderr)

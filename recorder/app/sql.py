@@ -18,16 +18,19 @@ from recorder.errors import RecorderError
 from recorder.lake import check_data_dir
 from recorder.query import open_views
 from recorder.sqlguard import lock_down, vet
+from recorder.storage.objectstore import parse_s3
 
 
 def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int, write: bool = False) -> None:
     """Run SQL over the data dir's views, read-only (see `recorder.sqlguard`); exact output."""
-    data_dir = Path(os.path.abspath(check_data_dir(data_dir)))  # views and allowed paths agree
+    url = parse_s3(data_dir)
+    if url is None:
+        data_dir = Path(os.path.abspath(check_data_dir(data_dir)))  # views and allowed paths agree
     targets = vet(query, data_dir, write)  # refused statements never reach DuckDB
     with tempfile.TemporaryDirectory(prefix="recorder-sql-") as spill:
-        con, _ = open_views(data_dir)
+        con, _ = open_views(url or data_dir)
         try:
-            lock_down(con, data_dir, targets, Path(spill))
+            lock_down(con, url or data_dir, targets, Path(spill))
             rel = con.sql(query)
             if rel is None:
                 return

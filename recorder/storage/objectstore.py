@@ -57,13 +57,13 @@ class S3Url:
         return f"s3://{self.path}"
 
 
-def parse_s3(data_dir: str | os.PathLike | None) -> S3Url | None:
+def parse_s3(data_dir: str | os.PathLike | S3Url | None) -> S3Url | None:
     """The bucket and prefix of an `s3://bucket/prefix` data dir (None for a local path).
 
     A `Path` folds `s3://b/p` into `s3:/b/p`; both forms are taken.
     """
-    if data_dir is None:
-        return None
+    if data_dir is None or isinstance(data_dir, S3Url):
+        return data_dir
     m = _SCHEME.match(os.fspath(data_dir))
     if m is None:
         return None
