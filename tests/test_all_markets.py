@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import re
 import time
 
 import pytest
+from rich.console import Console
 
 from recorder import connect, venues
+from recorder.app.record import STATUS_ROWS, _status
 from recorder.collector import Collector, Options
 from recorder.errors import RecorderError
 from recorder.replay import replay
@@ -56,6 +60,14 @@ async def test_all_markets_subscribe_within_limits(exchange: str) -> None:
         assert c.topics_acked() == c.topics_total()
         assert time.monotonic() - t0 < 60
         assert all(x.reconnects == 0 for x in c.connections)
+        # the live status: per-connection health, and the busiest symbols only
+        console = Console(width=160, record=True, file=io.StringIO())
+        console.print(_status(c, time.monotonic()))
+        text = console.export_text()
+        for x in c.connections:
+            assert re.search(rf"\b{x.index}\s+│\s+up\s+│\s+{len(x.topics)}/{len(x.topics)}\s+│\s+0\s", text), text
+        assert f"topics acked {c.topics_total():,}/{c.topics_total():,}" in text
+        assert f"... {len(c.streams) - STATUS_ROWS:,} more" in text
         c.stop()
         await asyncio.wait_for(task, 30)
     finally:
