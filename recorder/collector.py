@@ -18,7 +18,7 @@ import aiohttp
 
 from recorder import shards, venues
 from recorder.errors import RecorderError
-from recorder.instruments import fetch_instruments, resolve
+from recorder.instruments import fetch_instruments, normalize, resolve
 from recorder.model import BOOK, ERROR, STOP, TRADES, Cause
 from recorder.session.dispatcher import STALE, Dispatcher, Topic
 from recorder.session.stream import Stream, now_us
@@ -193,11 +193,16 @@ class Collector:
             opened.append(self.connections[-1])
         return opened
 
-    def select(self, listed: list[Instrument]) -> list[Instrument]:
+    def select(self, listed: list[Instrument], strict: bool = True) -> list[Instrument]:
         """The instruments this process records, from the venue's market list: the user's symbols
-        (unknown ones refused) or every listed market, then the quote filter, then the shard."""
+        (unknown ones refused; skipped when not `strict`, as a refresh does for a delisted one) or
+        every listed market, then the quote filter, then the shard."""
         opt = self.options
-        chosen = listed if opt.all_markets else resolve(self.requested, listed, self.exchange)
+        requested = self.requested
+        if not strict:
+            known = {i.symbol for i in listed}
+            requested = [r for r in requested if normalize(r) in known]
+        chosen = listed if opt.all_markets else resolve(requested, listed, self.exchange)
         if opt.quotes:
             chosen = [i for i in chosen if i.symbol.split("-")[1] in opt.quotes]
         mine = set(shards.select(self.exchange, [i.symbol for i in chosen], opt.shard))
@@ -315,7 +320,7 @@ class Collector:
             if not listed:  # an empty list is a broken answer, not every market delisted at once
                 continue
             try:
-                chosen = {i.symbol: i for i in self.select(listed)}
+                chosen = {i.symbol: i for i in self.select(listed, strict=False)}
             except RecorderError:  # none of ours is listed any more
                 chosen = {}
             live = {sym for sym in self.streams if sym not in self._delisted}

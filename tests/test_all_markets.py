@@ -181,3 +181,25 @@ async def test_market_refresh_adds_listed_and_stops_delisted(tmp_path, exchange:
     replay([tmp_path / "live" / "raw"], tmp_path / "replayed")
     q = "SELECT symbol, channel, event, detail, cause FROM events WHERE event <> 'stop' OR cause = 'delisted' ORDER BY ALL"
     assert connect(tmp_path / "replayed").execute(q).fetchall() == db.execute(q).fetchall()
+
+
+async def test_refresh_with_symbols_stops_only_the_delisted_one(tmp_path) -> None:
+    """With SYMBOLs, a refresh that no longer finds one of them stops that one only (the others go
+    on), and a market not asked for is never added."""
+    sim = await _sim("bitmart", 5)
+    try:
+        opts = Options(data_dir=tmp_path, ws_url=sim.ws_url, rest_url=sim.rest_url, market_refresh=0.3,
+                       channels=("trades",))
+        c = Collector("bitmart", ["SYN001-USDT", "syn002-usdt"], opts)
+        await c.prepare()
+        task = asyncio.create_task(c.run())
+        await wait_for(lambda: c.subscribed_in is not None, 30, "every topic acknowledged")
+        _listing(sim, "SYN002-USDT", False)
+        await wait_for(lambda: "SYN002-USDT" in c._delisted, 30, "SYN002 stopped")
+        await asyncio.sleep(1.0)  # a few more refreshes
+        assert set(c.streams) == {"SYN001-USDT", "SYN002-USDT"} and list(c._delisted) == ["SYN002-USDT"]
+        assert c.topics_acked() == c.topics_total() == 1 and len(c.connections) == 1
+        c.stop()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await sim.stop()
