@@ -203,3 +203,36 @@ async def test_refresh_with_symbols_stops_only_the_delisted_one(tmp_path) -> Non
         await asyncio.wait_for(task, 30)
     finally:
         await sim.stop()
+
+
+async def test_relisted_market_is_recorded_again(tmp_path) -> None:
+    """Delisted, then listed again: its coverage ends 'market delisted' and starts again on a new
+    connection; replay agrees."""
+    sim = await _sim("bitmart", 5)
+    name = "SYN001-USDT"
+    try:
+        opts = Options(data_dir=tmp_path / "live", ws_url=sim.ws_url, rest_url=sim.rest_url, all_markets=True,
+                       market_refresh=0.3, channels=("trades",))
+        c = Collector("bitmart", [], opts)
+        await c.prepare()
+        task = asyncio.create_task(c.run())
+        await wait_for(lambda: c.subscribed_in is not None, 30, "every topic acknowledged")
+        _listing(sim, name, False)
+        await wait_for(lambda: name in c._delisted, 30, "delisted")
+        _listing(sim, name, True)
+        await wait_for(lambda: name not in c._delisted and c.topics_acked() == c.topics_total() == 5, 30, "relisted")
+        assert len(c.connections) == 2
+        c.stop()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await sim.stop()
+    db = connect(tmp_path / "live")
+    got = db.execute(
+        f"SELECT event, cause FROM events WHERE symbol = '{name}' AND event IN ('subscribed', 'stop') ORDER BY ts"
+    ).fetchall()
+    assert got[:3] == [("subscribed", None), ("stop", "delisted"), ("subscribed", None)], got
+    ends = [r[0] for r in db.execute(f"SELECT end_cause FROM coverage WHERE symbol = '{name}' ORDER BY start_ts").fetchall()]
+    assert ends[0] == "market delisted" and len(ends) == 2
+    replay([tmp_path / "live" / "raw"], tmp_path / "replayed")
+    q = "SELECT symbol, channel, event, detail, cause FROM events WHERE event <> 'stop' OR cause = 'delisted' ORDER BY ALL"
+    assert connect(tmp_path / "replayed").execute(q).fetchall() == db.execute(q).fetchall()
