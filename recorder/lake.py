@@ -53,16 +53,22 @@ def check_data_dir(data_dir: str | Path) -> Path:
     """The data dir as a Path; a clear error if it is missing or not a directory (a mistyped path
     must not look like an empty recording)."""
     root = Path(data_dir)
-    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
-        raise RecorderError(
-            f"data dir {data_dir}: this command does not support s3:// data dirs yet "
-            "(recorder run, sql, status and recorder.connect() do)"
-        )
+    refuse_remote(data_dir)
     if not root.exists():
         raise RecorderError(f"no data dir at {root} (it does not exist)")
     if not root.is_dir():
         raise RecorderError(f"data dir {root} is not a directory")
     return root
+
+
+def refuse_remote(data_dir: str | Path) -> None:
+    """A one-line error for a URL data dir given to a command that writes or reads it only as a
+    local directory (it must not become a local directory named `s3:`)."""
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
+        raise RecorderError(
+            f"data dir {data_dir}: this command does not support s3:// data dirs yet "
+            "(recorder run, sql, status and recorder.connect() do)"
+        )
 
 
 def partition_problem(key: str, name: str) -> str | None:

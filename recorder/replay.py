@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from recorder import venues
-from recorder.lake import check_files, partition_problem
+from recorder.lake import check_files, partition_problem, refuse_remote
 from recorder.model import CHANNEL_SPECS, STOP, Cause, legacy_cause, tables_for
 from recorder.session.dispatcher import Dispatcher, Topic
 from recorder.session.stream import Stream
@@ -179,6 +179,7 @@ def replay(
     rows itself (and recovery finishes them if it dies). A run still recording elsewhere is
     replayed as far as its log goes, without a crash `stop`; a later replay continues from there.
     """
+    refuse_remote(data_dir)
     data_dir = Path(data_dir)
     sink = ParquetSink(data_dir)
     res = ReplayResult()

@@ -418,7 +418,7 @@ def test_recorder_status_over_a_bucket(lake):
     assert "trades" in p.stdout.split("on disk:")[1] and "raw" in p.stdout.split("on disk:")[1]
 
 
-def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors(s3):
+def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors(s3, tmp_path):
     import subprocess
 
     from .processes import RECORDER
@@ -427,6 +427,16 @@ def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors
         (["sql", "select 1", "--data-dir", "s3://no-such-bucket/x"], "does not exist"),
         (["sql", "select 1", "--data-dir", f"s3://{BUCKET}/typo"], "no data dir at s3://"),
         (["compact", "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
-    ):
-        p = subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60)
-        assert p.returncode != 0 and msg in p.stderr and p.stderr.count("\n") == 1, (args, p.stderr)
+        (["candles", "build", "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
+        (["candles", "backfill", "bitmart", "BTC-USDT", "--data-dir", f"s3://{BUCKET}/lake",
+          "--rest-url", "http://127.0.0.1:9"], "does not support s3:// data dirs yet"),
+        (["replay", str(tmp_path), "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
+        (["run", "bitmart", "BTC-USDT", "--sim", "--data-dir", "s3://no-such-bucket/x", "--spool", str(tmp_path)],
+         "bucket 'no-such-bucket' does not exist"),
+        (["run", "bitmart", "BTC-USDT", "--sim", "--data-dir", f"s3://{BUCKET}/x", "--spool", str(tmp_path),
+          "--s3-endpoint", "http://127.0.0.1:9"], "cannot reach the object store at http://127.0.0.1:9"),
+    ):  # fmt: skip
+        p = subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode != 0 and msg in p.stderr and len(lines) == 1, (args, p.stderr)
+    assert not list(tmp_path.glob("s3*")), "no local directory named s3:"

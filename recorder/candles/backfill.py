@@ -27,6 +27,7 @@ from recorder import instruments, venues
 from recorder.candles.intervals import INTERVALS, TimeLike, parse_time
 from recorder.candles.state import STATE_DIR, duckdb_session, state_lock
 from recorder.errors import RecorderError
+from recorder.lake import refuse_remote
 from recorder.model import SCHEMAS, ExchangeCandleRow
 from recorder.storage.layout import partition_dir
 from recorder.storage.sink import recover, replace_partition_files, rows_to_table, split_by_date
@@ -142,6 +143,7 @@ async def backfill_async(
 
     `start` defaults to one day before `end`, `end` to now; both are rounded down to the interval.
     """
+    refuse_remote(data_dir)
     job = _Job.create(data_dir, exchange, symbol, interval, start, end, rest_url)
     limiter = SendLimiter(*(rate_limit or klines_of(job.exchange).rate_limit))
     started = time.perf_counter()
