@@ -154,7 +154,6 @@ def measure(data, truth, usage, samples, users, rate, seconds, warmup, loads, er
             invalid.append(user)
     steady = [s for s in samples if s[0] >= warmup]
     cpu_pct = 100 * (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 else None
-    rss = [s[2] for s in samples]
     return {
         "markets": len(users),
         "event_rate_per_s": round(rate, 1),
