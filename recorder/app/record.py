@@ -277,6 +277,11 @@ def _summary(c: Collector) -> str:
         f"stopped: {trades:,} trades, {c.sink.rows_written:,} rows in {c.sink.files_written} files, "
         f"{sum(x.reconnects for x in c.connections)} reconnects, {c.errors} protocol errors, "
         f"{sum(s.duplicates_dropped for s in c.streams.values())} trades replayed after a reconnect dropped"
-        + (f"; {c.topics_total():,} topics of {len(c.streams):,} markets on {len(c.connections)} connections "
-           f"all subscribed {c.subscribed_in:.1f} s after start" if c.subscribed_in is not None else "")
+        + (f"; {_n(c.topics_total(), 'topic')} of {_n(len(c.streams), 'market')} on "
+           f"{_n(len(c.connections), 'connection')} all subscribed {c.subscribed_in:.1f} s after start"
+           if c.subscribed_in is not None else "")
     )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
