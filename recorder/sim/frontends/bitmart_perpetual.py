@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from recorder.sim.frontends.bitmart_spot import rate_headers
 from recorder.sim.market import (
     DEFAULT_SPECS,
     Market,
@@ -84,7 +85,6 @@ REST_LIMITS: dict[str, tuple[int, int]] = {
     "/contract/public/funding-rate-history": (12, 2),
     "/contract/public/open-interest": (2, 2),
 }
-UNLISTED_REST_LIMIT = (100, 1)  # what the headers say for any other path (never enforced)
 KLINE_REST_STEPS = frozenset({1, 3, 5, 15, 30, 60, 120, 240, 360, 720, 1440, 4320, 10080})
 KLINE_MAX_ROWS = 500  # "Single time request size upper limit 500"
 DEPTH_REST_LEVELS = 50
@@ -843,14 +843,7 @@ class BitmartPerpSim(SimServer):
     def rate_headers(
         self, route: str, used: int, limit: tuple[int, float] | None, window: float
     ) -> dict[str, str]:
-        """As on the spot host (§3.1): `Remaining` is the used count (sic)."""
-        count, seconds = limit if limit is not None else UNLISTED_REST_LIMIT
-        return {
-            "X-BM-RateLimit-Remaining": str(used),
-            "X-BM-RateLimit-Limit": str(count),
-            "X-BM-RateLimit-Reset": str(seconds),
-            "X-BM-RateLimit-Mode": "IP",
-        }
+        return rate_headers(used, limit)  # as on the spot host (§3.1)
 
     def too_many_requests(self, headers: dict[str, str]) -> web.Response:
         return _envelope(None, headers, code=30013, message="Request too many requests", status=429)

@@ -554,14 +554,7 @@ class BitmartSpotSim(SimServer):
     def rate_headers(
         self, route: str, used: int, limit: tuple[int, float] | None, window: float
     ) -> dict[str, str]:
-        """`Remaining` is the used count (sic)."""
-        count, seconds = limit if limit is not None else UNLISTED_REST_LIMIT
-        return {
-            "X-BM-RateLimit-Remaining": str(used),
-            "X-BM-RateLimit-Limit": str(count),
-            "X-BM-RateLimit-Reset": str(seconds),
-            "X-BM-RateLimit-Mode": "IP",
-        }
+        return rate_headers(used, limit)
 
     def too_many_requests(self, headers: dict[str, str]) -> web.Response:
         return _envelope(None, headers, code=30013, message="Request too many requests", status=429)
@@ -750,6 +743,17 @@ def select_klines(klines: list[Kline], after: int | None, before: int | None, li
     if after is not None:
         return rows[:limit]
     return list(reversed(rows[-limit:]))
+
+
+def rate_headers(used: int, limit: tuple[int, float] | None) -> dict[str, str]:
+    """BitMart's rate-limit headers (spot and futures hosts alike): `Remaining` is the used count (sic)."""
+    count, seconds = limit if limit is not None else UNLISTED_REST_LIMIT
+    return {
+        "X-BM-RateLimit-Remaining": str(used),
+        "X-BM-RateLimit-Limit": str(count),
+        "X-BM-RateLimit-Reset": str(seconds),
+        "X-BM-RateLimit-Mode": "IP",
+    }
 
 
 def _fixed(decimal: str, places: int) -> str:

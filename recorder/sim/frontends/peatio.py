@@ -41,7 +41,6 @@ it here, where the writer runs after the burst is queued); private streams and a
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections import deque
@@ -820,28 +819,10 @@ def _errors(*codes: str, status: int = 422) -> web.Response:
 # ---- standalone ---------------------------------------------------------------------------------
 
 
-async def serve_forever(
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    seed: int = 0,
-    rate: float = 50.0,
-    symbols: Sequence[str | SymbolSpec] | int | None = None,
-    history_minutes: int = 240,
-    started: asyncio.Future[PeatioSim] | None = None,
-    **options: Any,
-) -> None:
-    """Run a simulator until cancelled; `started` gets the sim once up."""
-    options.setdefault("record_sent", False)
-    options.setdefault("trade_log_limit", 100_000)
-    sim = PeatioSim(symbols, seed=seed, rate=rate, history_minutes=history_minutes, **options)
-    await sim.serve(host, port, started)
-
-
 __all__ = [
     "PeatioSim",
     "batched_increment",
     "decimal",
-    "serve_forever",
     "single_increment",
     "snapshot_frame",
     "trade_frame",
