@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,7 +117,10 @@ def run(symbols: int, seconds: float, liquid: int, mid: int, tail_per_min: float
     proc.join(10)
     if code != 0:
         raise SystemExit(f"recorder failed ({code}): {err}")
-    return measure(data, truth, usage, samples, users, rate, seconds, warmup, (load_before, load_after), err)
+    try:
+        return measure(data, truth, usage, samples, users, rate, seconds, warmup, (load_before, load_after), err)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)  # a few minutes of 1,500 markets otherwise left in /tmp
 
 
 def measure(data, truth, usage, samples, users, rate, seconds, warmup, loads, err) -> dict:

@@ -23,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,9 +106,12 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
     if spy is not None:
         spy.wait(30)
     proc.join(10)
-    if rec.returncode != 0:
-        raise SystemExit(f"recorder failed: {err}")
-    return measure(data, sent, usage, symbols, raw, exchange)
+    try:
+        if rec.returncode != 0:
+            raise SystemExit(f"recorder failed: {err}")
+        return measure(data, sent, usage, symbols, raw, exchange)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)  # hundreds of MB per run otherwise left in /tmp
 
 
 def _recv(parent, rec: subprocess.Popen, timeout: float = 30.0):
