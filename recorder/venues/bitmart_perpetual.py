@@ -43,7 +43,7 @@ from recorder.venues.contract import (
     VenueEntry,
     VenueError,
 )
-from recorder.venues.units import base_amount
+from recorder.venues.units import PARSE_ERRORS, base_amount, clip, malformed, undecodable
 
 NAME = "bitmart_perpetual"
 WS_URL = "wss://openapi-ws-v2.bitmart.com/api?protocol=1.1"
@@ -181,20 +181,11 @@ def _opt_float(d: dict, key: str) -> float | None:
     return None if v is None or v == "" else float(v)
 
 
-def _clip(raw: bytes | str, n: int = 200) -> str:
-    s = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else str(raw)
-    return s if len(s) <= n else s[:n] + "..."
-
-
 def decode(frame: bytes | str) -> bytes | str:
     """Text frames pass through (no compression on this socket: §4.1); bytes are parsed as JSON too."""
     if isinstance(frame, bytearray | memoryview):
         return bytes(frame)
     return frame
-
-
-# what reading a malformed push may raise (Decimal's errors are ArithmeticErrors)
-_PARSE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError)
 
 
 class PerpCodec:
@@ -214,14 +205,13 @@ class PerpCodec:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            return [ProtocolError(f"undecodable frame: {exc}: {_clip(payload)}", code="decode", kind="decode")]
+            return [undecodable(exc, payload)]
         try:
             if type(doc) is not dict:
                 raise TypeError(f"a JSON {type(doc).__name__}, not an object")
             return self.parse_message(doc)
-        except _PARSE_ERRORS as exc:
-            msg = f"malformed message: {type(exc).__name__}: {exc}: {_clip(payload)}"
-            return [ProtocolError(msg, code="parse", kind="parse")]
+        except PARSE_ERRORS as exc:
+            return [malformed(exc, payload)]
 
     def parse_message(self, doc: dict) -> list[Message]:
         group = doc.get("group")
@@ -241,7 +231,7 @@ class PerpCodec:
             if group == "System":
                 return [Pong()] if isinstance(data, str) and data.startswith("pong") else []
             return []  # a channel we did not ask for
-        return [ProtocolError(f"unexpected message: {_clip(orjson.dumps(doc))}", code="unexpected")]
+        return [ProtocolError(f"unexpected message: {clip(orjson.dumps(doc))}", code="unexpected")]
 
     # -- pushes --------------------------------------------------------------------------------
 
@@ -359,7 +349,7 @@ def _reply(doc: dict, group: Any) -> list[Message]:
             return [Pong()]
         return []  # a `request` answered (its snapshot follows), or an action we do not send
     error = doc.get("error")
-    text = str(error) if error not in (None, "") else f"{action or 'request'} failed: {_clip(orjson.dumps(doc))}"
+    text = str(error) if error not in (None, "") else f"{action or 'request'} failed: {clip(orjson.dumps(doc))}"
     if named is not None:
         return [ProtocolError(text, topic=named, kind="refused")]
     return [ProtocolError(text, kind="exchange")]
@@ -370,7 +360,7 @@ def _reply(doc: dict, group: Any) -> list[Message]:
 
 def _check_envelope(doc: Any, what: str) -> Any:
     if not isinstance(doc, dict):
-        raise VenueError(f"{what} error: unexpected answer {_clip(str(doc))}")
+        raise VenueError(f"{what} error: unexpected answer {clip(str(doc))}")
     if str(doc.get("code")) != "1000":
         raise VenueError(f"{what} error {doc.get('code')}: {doc.get('message')}")
     return doc["data"]

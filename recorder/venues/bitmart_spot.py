@@ -38,6 +38,7 @@ from recorder.venues.contract import (
     VenueError,
     Verdict,
 )
+from recorder.venues.units import PARSE_ERRORS, clip, malformed, undecodable
 
 NAME = "bitmart"
 WS_URL = "wss://ws-manager-compress.bitmart.com/api?protocol=1.1"
@@ -143,12 +144,11 @@ def parse(raw: bytes | str) -> list[Message]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return [ProtocolError(f"undecodable frame: {exc}: {_clip(raw)}", code="decode", kind="decode")]
+        return [undecodable(exc, raw)]
     try:
         return parse_message(doc)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        msg = f"malformed message: {type(exc).__name__}: {exc}: {_clip(raw)}"
-        return [ProtocolError(msg, code="parse", kind="parse")]
+    except PARSE_ERRORS as exc:
+        return [malformed(exc, raw)]
 
 
 def parse_frame(frame: bytes | str) -> list[Message]:
@@ -158,11 +158,6 @@ def parse_frame(frame: bytes | str) -> list[Message]:
     except DECODE_ERRORS as exc:
         return [ProtocolError(f"undecodable frame: {exc}", code="decode", kind="decode")]
     return parse(raw)
-
-
-def _clip(raw: bytes | str, n: int = 200) -> str:
-    s = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return s if len(s) <= n else s[:n] + "..."
 
 
 def parse_message(doc: dict) -> list[Message]:
@@ -182,7 +177,7 @@ def parse_message(doc: dict) -> list[Message]:
         return [Ack(doc["topic"], event)]
     if table is not None:
         return []  # a channel we did not ask for: ignore
-    return [ProtocolError(f"unexpected message: {_clip(orjson.dumps(doc))}", code="unexpected")]
+    return [ProtocolError(f"unexpected message: {clip(orjson.dumps(doc))}", code="unexpected")]
 
 
 def _error_topic(doc: dict) -> str | None:

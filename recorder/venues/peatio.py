@@ -37,6 +37,7 @@ from recorder.venues.contract import (
     VenueError,
     Verdict,
 )
+from recorder.venues.units import PARSE_ERRORS, clip, malformed, undecodable
 
 ALTMARKETS_WS_URL = "wss://v2.altmarkets.io/api/v2/ranger/public"  # §1.1 (Hummingbot >= 2021-03)
 ALTMARKETS_REST_URL = "https://v2.altmarkets.io/api/v2/peatio"  # §3 "Base URL"
@@ -118,18 +119,16 @@ class _Codec:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            return [
-                ProtocolError(f"undecodable frame: {exc}: {_clip(payload)}", code="decode", kind="decode")
-            ]
+            return [undecodable(exc, payload)]
         if type(doc) is not dict:
-            return [ProtocolError(f"unexpected message: {_clip(payload)}", code="unexpected", kind="parse")]
+            return [ProtocolError(f"unexpected message: {clip(payload)}", code="unexpected", kind="parse")]
         if not doc:
             return [ProtocolError("unexpected message: {}", code="unexpected")]
         out: list[Message] = []
         for key, body in doc.items():  # exactly one key on the wire (§1.6); never rely on it
             try:
                 out += self._entry(key, body)
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            except PARSE_ERRORS as exc:
                 out.append(_malformed(key, exc, payload))
         return out
 
@@ -142,7 +141,7 @@ class _Codec:
                 return [ProtocolError(_error_text(body), kind="exchange")]
             return [
                 ProtocolError(
-                    f"unexpected message key {key!r}: {_clip(orjson.dumps(body))}", code="unexpected"
+                    f"unexpected message key {key!r}: {clip(orjson.dumps(body))}", code="unexpected"
                 )
             ]
         if market not in self.markets:
@@ -155,17 +154,10 @@ class _Codec:
 
 
 def _malformed(key: str, exc: Exception, payload: bytes | str) -> ProtocolError:
-    msg = f"malformed message: {type(exc).__name__}: {exc}: {_clip(payload)}"
     market, dot, stream = key.rpartition(".")
     if not dot:  # an ack or error we cannot read: what we hold is unknown, retry the unacked ones
-        return ProtocolError(msg, code="parse", kind="exchange")
-    t = f"{market}.{BOOK_STREAM}" if stream == SNAPSHOT_KEY else key
-    return ProtocolError(msg, code="parse", topic=t, kind="parse")
-
-
-def _clip(raw: bytes | str, n: int = 200) -> str:
-    s = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return s if len(s) <= n else s[:n] + "..."
+        return malformed(exc, payload, kind="exchange")
+    return malformed(exc, payload, topic=f"{market}.{BOOK_STREAM}" if stream == SNAPSHOT_KEY else key)
 
 
 def _ack(body: Any) -> list[Message]:
@@ -256,7 +248,7 @@ def _errors(doc: Any) -> None:
     if isinstance(doc, dict):
         errs = doc.get("errors", doc.get("error"))
         raise VenueError(
-            f"exchange error: {_error_text(errs) if errs is not None else _clip(orjson.dumps(doc))}"
+            f"exchange error: {_error_text(errs) if errs is not None else clip(orjson.dumps(doc))}"
         )
 
 
@@ -329,7 +321,7 @@ class PeatioKlines:
     def parse(self, doc: Any, inst: Instrument, interval: str) -> list[Kline]:
         _errors(doc)
         if type(doc) is not list:
-            raise VenueError(f"klines: unexpected answer {_clip(orjson.dumps(doc))}")
+            raise VenueError(f"klines: unexpected answer {clip(orjson.dumps(doc))}")
         out = []
         for row in doc:
             t, o, h, low, c, v = row
