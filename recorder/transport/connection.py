@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -105,8 +105,7 @@ class Connection:
         opt = c.options
         policy = self.venue.resync
         if opt.resync_timeout is not None:  # the user's override of the venue's first wait
-            policy = type(policy)(opt.resync_timeout, policy.backoff, max(policy.max_wait, opt.resync_timeout),
-                                  policy.max_tries, policy.on_exhausted)
+            policy = replace(policy, timeout=opt.resync_timeout, max_wait=max(policy.max_wait, opt.resync_timeout))
         self.deadlines = Deadlines(self.topics, policy, opt.ack_timeout, opt.refused_retry)
 
     async def send(self, text: str, urgent: bool = False, ws: aiohttp.ClientWebSocketResponse | None = None) -> None:

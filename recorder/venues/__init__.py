@@ -23,7 +23,9 @@ def _entries() -> dict[str, VenueEntry]:
         if mod.name in _NOT_VENUES or mod.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{mod.name}")
-        for entry in getattr(module, "ENTRIES", ()):
+        if not hasattr(module, "ENTRIES"):  # a venue module that forgot to register must not vanish
+            raise RuntimeError(f"{module.__name__} lists no ENTRIES (not a venue? add it to _NOT_VENUES)")
+        for entry in module.ENTRIES:
             if entry.name in out:
                 raise RuntimeError(f"venue {entry.name!r} registered twice")
             out[entry.name] = entry
