@@ -13,12 +13,19 @@ the simulator sent: zero lost trades, every depth message stored, zero sequence 
 `--exchange bitmart_perpetual` runs the same against the perpetual simulator's tape (TEXT JSON frames,
 sizes in contracts, an empty push after every 64th update): the recorder also subscribes ticker and
 funding, and the check adds that every non-empty depthIncrease update sent is stored.
+
+Then, in the same run (spot only; `--no-ccxt` skips it), ccxt.pro's BitMart client (the `bitmart`
+package, used as a client, unchanged) gets the same tape from a fresh simulator process with the same
+seed and events, pinned to the same core as the recorder: `watch_order_book_for_symbols` and
+`watch_trades_for_symbols` over the same symbols until the tape is done. Printed side by side with
+the recorder's figures, with the ratios recorder/ccxt, so that every change is judged by them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -28,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,11 +122,11 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
         shutil.rmtree(data, ignore_errors=True)  # hundreds of MB per run otherwise left in /tmp
 
 
-def _recv(parent, rec: subprocess.Popen, timeout: float = 30.0):
+def _recv(parent, rec: subprocess.Popen | None, timeout: float = 30.0):
     """The simulator reports every 0.2 s: silence for `timeout` is a failed run, said in one line
     (a blocking recv would hang the benchmark for good)."""
     if not parent.poll(timeout):
-        if rec.poll() is None:
+        if rec is not None and rec.poll() is None:
             rec.kill()
         raise SystemExit(f"the simulator process sent nothing for {timeout:g} s: benchmark run failed")
     return parent.recv()
@@ -169,6 +177,211 @@ def measure(data: Path, sent: dict, usage, symbols: int, raw: bool, exchange: st
     }
 
 
+# ---- ccxt.pro's BitMart client on the same tape --------------------------------------------------
+
+
+def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
+    """ccxt.pro's BitMart client as a user runs it (`--ccxt-client`: run by `run_ccxt` in its own
+    process pinned to core 0, the recorder's core, with `--ccxt-python`'s interpreter).
+
+    Its base URLs point at the simulator; markets come from the simulator's REST. One shim, the
+    same as tests/compat's: each spot trade item gets BitMart's swap-only `m` flag on its way into
+    ccxt's handler, because ccxt's spot trade parser raises without it (a ccxt defect pinned in
+    tests/compat/test_independent_clients.py) and the first trade frame would end its receive loop.
+    Prints a JSON line every 0.2 s, and a last one on SIGTERM: data frames handled, time of the first
+    and last one (empty book heartbeats, sent after a tape ends, count apart and move neither), trade
+    items ccxt parsed, trades `watch_trades` yielded.
+    """
+    import aiohttp
+    from bitmart.ccxt import __version__
+    from bitmart.ccxt.pro.bitmart import bitmart
+
+    async def main() -> None:
+        ex = bitmart({"enableRateLimit": False})
+        api = ex.urls["api"]
+        api["spot"] = api["swap"] = rest_url  # every host: nothing may leave loopback
+        for kind in ("spot", "swap"):
+            for access in ("public", "private"):
+                api["ws"][kind][access] = ws_url
+        await ex.load_markets()
+        symbols = [ex.safe_symbol(i.replace("-", "_")) for i in ids]
+        st = {"depth": 0, "trade_frames": 0, "heartbeats": 0, "trade_items": 0, "trades_seen": 0,
+              "book_resolutions": 0, "errors": 0, "first": None, "last": None,
+              "versions": f"ccxt {__version__}, aiohttp {aiohttp.__version__}"}
+        handle = ex.handle_message
+
+        def counting(client, message):
+            table = message.get("table") if isinstance(message, dict) else None
+            if table == "spot/trade":
+                message = {**message, "data": [{**i, "m": i["side"] == "sell"} for i in message["data"]]}
+                st["trade_frames"] += 1
+                st["trade_items"] += len(message["data"])
+            elif table == "spot/depth/increase100":
+                data = message["data"]
+                if data and data[0].get("type") == "update" and not data[0]["bids"] and not data[0]["asks"]:
+                    st["heartbeats"] += 1
+                    return handle(client, message)
+                st["depth"] += 1
+            else:
+                return handle(client, message)
+            if st["first"] is None:
+                st["first"] = time.monotonic()
+            result = handle(client, message)
+            st["last"] = time.monotonic()
+            return result
+
+        ex.handle_message = counting
+
+        async def books() -> None:
+            while True:
+                try:
+                    await ex.watch_order_book_for_symbols(symbols)
+                    st["book_resolutions"] += 1
+                except Exception:  # noqa: BLE001 - counted: the run goes on as a user's loop would
+                    st["errors"] += 1
+                    await asyncio.sleep(0.05)
+
+        async def trades() -> None:
+            while True:
+                try:
+                    st["trades_seen"] += len(await ex.watch_trades_for_symbols(symbols))
+                except Exception:  # noqa: BLE001
+                    st["errors"] += 1
+                    await asyncio.sleep(0.05)
+
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        tasks = [asyncio.create_task(books()), asyncio.create_task(trades())]
+        try:
+            while not stop.is_set():
+                print(json.dumps(st), flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+            print(json.dumps({**st, "final": True}), flush=True)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ex.close()
+
+    asyncio.run(main())
+
+
+def proc_cpu_rss(pid: int) -> tuple[float, int]:
+    """(user+system CPU seconds, peak RSS MB) of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    return cpu, hwm // 1024
+
+
+class _Lines:
+    """The latest JSON line a child process printed (read on a thread: a pipe read blocks)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.latest: dict = {}
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.latest = json.loads(line)
+
+
+def run_ccxt(symbols: int, events: int, python: str) -> dict:
+    """The same tape (fresh simulator, same seed and events) into ccxt.pro's client on core 0.
+
+    Done when the simulator's data bytes have stopped for 2 s and the client has handled no data
+    frame for 2 s; the rate is data frames handled over the time from the first to the last one
+    (the recorder's is messages stored over its first to last receive time). CPU and peak RSS are
+    the client process's whole (start-up included, as the recorder's), from /proc at that moment."""
+    parent, child = mp.Pipe()
+    sim = mp.Process(target=sim_process, args=(child, symbols, events, "bitmart"), daemon=True)
+    sim.start()
+    ws_url, rest_url, names = parent.recv()
+    cmd = ["taskset", "-c", "0", python, __file__, "--ccxt-client", ws_url, rest_url, *names[:symbols]]
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    lines = _Lines(client)
+    try:
+        last_bytes, last_handled, still, started = -1, -1, 0.0, time.monotonic()
+        while True:
+            sent_bytes = _recv(parent, client)[1]
+            if client.poll() is not None:
+                raise SystemExit(f"the ccxt client exited ({client.returncode}): benchmark run failed")
+            handled = lines.latest.get("depth", 0) + lines.latest.get("trade_frames", 0)
+            if sent_bytes == last_bytes and handled == last_handled and handled > 0:
+                still += 0.2
+                if still >= 2.0:
+                    break
+            else:
+                last_bytes, last_handled, still = sent_bytes, handled, 0.0
+            if time.monotonic() - started > 900:
+                break
+        cpu, rss = proc_cpu_rss(client.pid)
+        client.send_signal(signal.SIGTERM)
+        client.wait(30)
+        lines.thread.join(5)
+        st = lines.latest
+        if not st.get("final"):
+            raise SystemExit("the ccxt client sent no final report: benchmark run failed")
+        parent.send("report")
+        while True:
+            msg = _recv(parent, None)
+            if isinstance(msg, dict):
+                sent = msg
+                break
+    finally:
+        if client.poll() is None:
+            client.kill()
+        sim.join(10)
+        if sim.is_alive():
+            sim.kill()
+    msgs = st["depth"] + st["trade_frames"]
+    seconds = st["last"] - st["first"]
+    return {
+        "client": st["versions"],
+        "frames_sent": sent["frames"],
+        "data_frames_handled": msgs,
+        "empty_heartbeats_handled": st["heartbeats"],
+        # the whole tape reached ccxt's handler (else its reader stalled: see the README)
+        "complete": st["trade_items"] == sent["trades"],
+        "seconds": round(seconds, 2),
+        "msg_per_s": round(msgs / seconds),
+        "trades_sent": sent["trades"],
+        "trades_parsed": st["trade_items"],
+        "trades_seen": st["trades_seen"],
+        "trades_seen_share": round(st["trades_seen"] / max(1, sent["trades"]), 3),
+        "book_resolutions": st["book_resolutions"],
+        "errors": st["errors"],
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_msg": round(cpu / msgs * 1e6, 1),
+        "peak_rss_mb": rss,
+    }
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def table(rec: dict, cc: dict | None) -> str:
+    rows = [("messages/s", "msg_per_s"), ("CPU µs per message", "cpu_us_per_msg"), ("seconds", "seconds"),
+            ("trades sent", "trades_sent"), ("peak RSS MB", "peak_rss_mb")]
+    out = [f"{'':24}{'recorder':>12}{'ccxt.pro':>12}"]
+    for label, key in rows:
+        out.append(f"{label:24}{rec[key]:>12}{cc[key] if cc else '-':>12}")
+    out.append(f"{'trades stored / seen':24}{rec['trades_stored']:>12}{cc['trades_seen'] if cc else '-':>12}")
+    if cc and not cc["complete"]:
+        out.append(f"ccxt did NOT get the whole tape ({cc['trades_parsed']} of {cc['trades_sent']} trades reached "
+                   f"its handler; {cc['client']}): its reader stalled, the ccxt figures are not a rate")
+    if cc:
+        out.append(f"ratio recorder/ccxt: messages/s {rec['msg_per_s'] / cc['msg_per_s']:.2f}x, "
+                   f"CPU µs per message {rec['cpu_us_per_msg'] / cc['cpu_us_per_msg']:.2f} "
+                   f"(ccxt/recorder {cc['cpu_us_per_msg'] / rec['cpu_us_per_msg']:.2f}x)")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--exchange", default="bitmart", help="bitmart (deflated binary frames) or bitmart_perpetual (text)")
@@ -176,12 +389,28 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--no-raw", action="store_true", help="disable raw capture")
     ap.add_argument("--profile", metavar="PATH", help="record py-spy collapsed stacks of the recorder here")
+    ap.add_argument("--no-ccxt", action="store_true", help="skip ccxt.pro's client on the same tape")
+    ap.add_argument("--ccxt-python", default=os.environ.get("BENCH_CCXT_PYTHON", sys.executable),
+                    help="interpreter that runs ccxt's client (a venv with aiohttp < 3.14: see the README)")
+    ap.add_argument("--ccxt-client", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.ccxt_client:
+        ccxt_client(a.ccxt_client[0], a.ccxt_client[1], a.ccxt_client[2:])
+        return
+    load_before = load_average()
     res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange)
+    cc = None
+    if not a.no_ccxt and a.exchange == "bitmart":
+        cc = run_ccxt(a.symbols, a.events, a.ccxt_python)
+        res["ccxt"] = cc
+        res["ratio_msg_per_s"] = round(res["msg_per_s"] / cc["msg_per_s"], 2)
+        res["ratio_cpu_us_per_msg"] = round(res["cpu_us_per_msg"] / cc["cpu_us_per_msg"], 2)
+    res["load_average"] = {"before": load_before, "after": load_average()}
     OUT.mkdir(exist_ok=True)
     venue = "" if a.exchange == "bitmart" else f"-{a.exchange}"
     (OUT / f"record{venue}-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
+    print(table(res, cc))
 
 
 if __name__ == "__main__":
