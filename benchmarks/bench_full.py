@@ -94,7 +94,7 @@ def run(symbols: int, seconds: float, liquid: int, mid: int, tail_per_min: float
     ws_url, rest_url, users, rate = parent.recv()
     data = Path(tempfile.mkdtemp(prefix="bench-full-"))
     cmd = [
-        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", "bitmart", *users,
+        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", "bitmart", "--all",
         "--ws-url", ws_url, "--rest-url", rest_url, "--data-dir", str(data), "-q",
     ]
     load_before = os.getloadavg()
