@@ -7,19 +7,25 @@ TIMESTAMP without an offset, nanoseconds kept, `infinity` as itself. NULL is an 
 (an empty string is `""`) and JSON `null`; NaN and infinities are `nan`/`inf`/`-inf` in CSV and
 the strings "NaN"/"Infinity"/"-Infinity" in JSON (JSON numbers cannot hold them). Nested values
 (LIST, STRUCT, MAP, ARRAY) are DuckDB's own JSON (`to_json`), embedded as JSON in `json` output.
+
+`console()` is the rich Console every command prints tables and lines with: whole cells and
+unbroken lines when the output is not a terminal.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import TextIO
 
 import duckdb
 import orjson
+from rich.console import Console
 
+WIDE = 100_000  # columns a console assumes when it writes to no terminal: nothing is wrapped or cut
 BATCH = 10_000  # rows fetched at a time: output streams, memory stays flat
 _ISO = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -215,3 +221,18 @@ def table_rows(
         [csv_text(v, k) for v, k in zip(r, kinds, strict=True)] for r in rows(con, rel.limit(max_rows + 1))
     ]
     return rel.columns, got[:max_rows], len(got) > max_rows
+
+
+def console(stderr: bool = False, file: TextIO | None = None) -> Console:
+    """A rich Console for the recorder's own output. On a terminal, rich's defaults. Anywhere else
+    (a pipe, a file, systemd, Docker) rich would assume 80 columns and cut table cells (`bitma…`)
+    or break lines mid-URL: this one is as wide as any line and never soft-wraps, so each line and
+    each cell comes out whole (and, as rich does off a terminal, without colour codes)."""
+    stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream: treat it as no terminal
+        tty = False
+    if tty:
+        return Console(stderr=stderr, file=file)
+    return Console(stderr=stderr, file=file, width=WIDE, soft_wrap=True, color_system=None)

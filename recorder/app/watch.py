@@ -1,4 +1,5 @@
-"""`recorder candles watch`: the live candles feed as a table in the terminal (rich Live)."""
+"""`recorder candles watch`: the live candles feed as a table in the terminal (rich Live); off a
+terminal (a pipe, a file, a service), one plain line per candle as it closes instead."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from recorder import output
 from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.candles.feed import CandlesFeed
@@ -32,9 +34,12 @@ async def watch(
 ) -> CandlesFeed:
     """Show the feed's last `rows` candles until SIGINT/SIGTERM or `duration` seconds; returns the feed.
 
+    On a terminal (or a given `console` that is one) a live table; otherwise every candle that
+    closes is one plain line (`candle_line`), and at the end the candle still open, marked `open`.
+
     `sim` (True, or the simulator's options) serves `exchange` from its built-in simulator on 127.0.0.1.
     """
-    console = console or Console()
+    console = console or output.console()
     simulator = None
     if sim:
         simulator = await start_simulator(exchange, sim)
@@ -45,21 +50,23 @@ async def watch(
     try:
         feed = CandlesFeed(exchange, symbol, interval, max_candles, ws_url, rest_url, grace)
         await feed.start()
-        Console(stderr=True).print(
+        output.console(stderr=True).print(
             f"watching {feed.exchange} {feed.symbol} {interval} candles "
             f"({'simulator ' if simulator else ''}{ws_url or 'exchange'}); Ctrl-C stops",
             highlight=False,
+            soft_wrap=True,
         )
         try:
             deadline = None if duration is None else loop.time() + duration
-            with Live(render(feed, rows), console=console, refresh_per_second=4) as live:
-                while not stop.is_set():
-                    wait = 0.25 if deadline is None else min(0.25, deadline - loop.time())
-                    if wait <= 0:
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait)
-                    live.update(render(feed, rows))
+            if console.is_terminal:
+                with Live(render(feed, rows), console=console, refresh_per_second=4) as live:
+                    while await _tick(stop, deadline, loop):
+                        live.update(render(feed, rows))
+            else:
+                printed = set(list(feed.engine.keys)[:-rows])  # the history: only the last `rows` candles
+                while await _tick(stop, deadline, loop):
+                    _print_closed(feed, console, printed)
+                _print_closed(feed, console, printed, final=True)
         finally:
             await feed.stop()
         return feed
@@ -67,6 +74,38 @@ async def watch(
         restore_signals()
         if simulator is not None:
             await simulator.stop()
+
+
+async def _tick(stop: asyncio.Event, deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:
+    """Wait up to 0.25 s; False once stopped or past the deadline."""
+    wait = 0.25 if deadline is None else min(0.25, deadline - loop.time())
+    if wait <= 0 or stop.is_set():
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), wait)
+    return True
+
+
+def _print_closed(feed: CandlesFeed, console: Console, printed: set, final: bool = False) -> None:
+    """Each candle before the open one, once; with `final`, the open one too (marked `open`)."""
+    keys = feed.engine.keys
+    current = feed.current
+    for key in keys:
+        bar = feed.engine.bars[key]
+        c = bar.candle()
+        is_open = current is not None and c.open_time == current.open_time
+        if key in printed or (is_open and not final):
+            continue
+        printed.add(key)
+        console.print(candle_line(c, feed.interval, is_open), highlight=False, soft_wrap=True)
+
+
+def candle_line(c: Candle, interval: str, is_open: bool = False) -> str:
+    """One candle as a plain line: the table's cells, space-separated, the time in full."""
+    cells = _cells(c, interval)
+    cells[0] = f"{c.open_time:%Y-%m-%dT%H:%M:%S}Z"
+    cells[-1] = "open" if is_open else cells[-1]
+    return " ".join(cell or "-" for cell in cells)
 
 
 def render(feed: CandlesFeed, rows: int) -> Table:
