@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import duckdb
@@ -44,15 +45,19 @@ async def _communicate(proc: asyncio.subprocess.Process, timeout: float) -> str:
     return err.decode()
 
 
-async def spawn(data: Path, sim: BitmartSpotSim, *extra: str, timeout: float = 30) -> asyncio.subprocess.Process:
-    """`recorder run` of SYMBOLS from `sim` into `data`; returns once it captures frames (a new raw log)."""
+async def spawn(
+    data: Path, sim, *extra: str, exchange: str = "bitmart", symbols: list[str] | None = None, timeout: float = 30,
+) -> asyncio.subprocess.Process:
+    """`recorder run exchange symbols` (default: bitmart SYMBOLS) from `sim` into `data`; returns once it
+    captures frames (a new raw log)."""
     raw = data / "raw"
     before = set(raw.rglob("*.zst"))
     proc = await asyncio.create_subprocess_exec(
-        RECORDER, "run", "bitmart", *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
+        RECORDER, "run", exchange, *(list(SYMBOLS) if symbols is None else symbols),
+        "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
         "--data-dir", str(data), "--flush-interval", "1", "-q", *extra,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     while not set(raw.rglob("*.zst")) - before:
         if proc.returncode is not None or time.monotonic() > deadline:
@@ -60,6 +65,25 @@ async def spawn(data: Path, sim: BitmartSpotSim, *extra: str, timeout: float = 3
             raise AssertionError(f"recorder did not start: {(await proc.stderr.read()).decode()}")
         await asyncio.sleep(0.05)
     return proc
+
+
+Run = tuple[list, float | None]  # one recorder process's simulator connections, wall time of its SIGKILL
+
+
+async def killed_runs(
+    sim, count: int, start: Callable[[], Awaitable[asyncio.subprocess.Process]], pause: Callable[[], Awaitable[None]],
+) -> list[Run]:
+    """`count` recorder processes, one after another: each started (`start`), left to record for
+    `pause`, then SIGKILLed. Returns each run's connections and the time of its kill."""
+    runs: list[Run] = []
+    for _ in range(count):
+        known = len(sim.connections)
+        proc = await start()
+        await pause()
+        kill = time.time()
+        await stop(proc, signal.SIGKILL)
+        runs.append((sim.connections[known:], kill))
+    return runs
 
 
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 30) -> str:

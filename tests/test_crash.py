@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -21,21 +20,25 @@ from recorder.bookreplay import rebuild_book
 from recorder.replay import CRASH_DETAIL, replay
 from recorder.sim import BitmartSpotSim
 
-from .processes import TABLES, common_prefix, run_cli, sent_count, sent_to, spawn, stop, stored_trades
+from .processes import (
+    TABLES,
+    common_prefix,
+    killed_runs,
+    run_cli,
+    sent_count,
+    sent_to,
+    spawn,
+    stop,
+    stored_trades,
+)
 from .recording import SYMBOLS, quiesce
 
 
 async def test_repeated_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, sim):
     data = tmp_path / "data"
     rng = random.Random(1234)
-    runs: list[tuple[list, float | None]] = []  # each process's sim connections, wall time of its SIGKILL
-    for _ in range(6):
-        known = len(sim.connections)
-        proc = await spawn(data, sim)
-        await asyncio.sleep(rng.uniform(0.3, 3.0))  # lands anywhere relative to the 1 s flushes
-        kill = time.time()
-        await stop(proc, signal.SIGKILL)
-        runs.append((sim.connections[known:], kill))
+    # each killed anywhere relative to the 1 s flushes
+    runs = await killed_runs(sim, 6, lambda: spawn(data, sim), lambda: asyncio.sleep(rng.uniform(0.3, 3.0)))
     # A replay into the recording's own dir re-derives the dead runs, as recovery would: the next
     # run's recovery must then find nothing left to add.
     rc, err = await run_cli("replay", str(data / "raw"), "--data-dir", str(data))

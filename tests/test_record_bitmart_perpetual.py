@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import random
-import signal
-import subprocess
 import time
 from collections import Counter
 from decimal import Decimal
@@ -27,7 +25,7 @@ from recorder.errors import RecorderError
 from recorder.replay import CRASH_DETAIL, replay
 from recorder.sim.frontends.bitmart_perpetual import BitmartPerpSim
 
-from .processes import RECORDER, common_prefix, run_cli, stop
+from .processes import common_prefix, killed_runs, run_cli, spawn, stop
 from .recording import (
     assert_book_matches_truth,
     books_valid,
@@ -302,38 +300,16 @@ async def test_replay_of_the_raw_log_reproduces_every_perp_table(tmp_path, perp)
 # ---- crash recovery: real `recorder run` processes, killed -------------------------------------------------
 
 
-async def spawn(data: Path, sim: BitmartPerpSim, timeout: float = 30) -> asyncio.subprocess.Process:
-    """`recorder run bitmart_perpetual` of PERP from `sim`; returns once it captures frames."""
-    raw = data / "raw"
-    before = set(raw.rglob("*.zst"))
-    proc = await asyncio.create_subprocess_exec(
-        RECORDER, "run", EX, *PERP, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
-        "--data-dir", str(data), "--flush-interval", "1", "-q",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while not set(raw.rglob("*.zst")) - before:
-        if proc.returncode is not None or time.monotonic() > deadline:
-            await stop(proc, signal.SIGKILL)
-            raise AssertionError(f"recorder did not start: {(await proc.stderr.read()).decode()}")
-        await asyncio.sleep(0.05)
-    return proc
-
-
 async def test_sigkill_recovery_and_replay_rederive_every_perp_table(tmp_path, perp):
     sim = perp
     data = tmp_path / "data"
     rng = random.Random(99)
-    runs: list[tuple[list, float | None]] = []  # each process's connections, wall time of its SIGKILL
-    for _ in range(4):
-        known = len(sim.connections)
-        proc = await spawn(data, sim)
-        await asyncio.sleep(rng.uniform(0.5, 2.5))  # anywhere relative to the 1 s flushes
-        kill = time.time()
-        await stop(proc, signal.SIGKILL)
-        runs.append((sim.connections[known:], kill))
+    def start():
+        return spawn(data, sim, exchange=EX, symbols=list(PERP))
+
+    runs = await killed_runs(sim, 4, start, lambda: asyncio.sleep(rng.uniform(0.5, 2.5)))  # anywhere vs 1 s flushes
     known = len(sim.connections)
-    final = await spawn(data, sim)  # recovers the killed runs from their raw logs on start
+    final = await start()  # recovers the killed runs from their raw logs on start
     try:
         deadline = time.monotonic() + 30
         while min(len(sent_rows(sim, w, sim.connections[known:])) for w in PERP.values()) < MIN_TRADES:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +34,7 @@ from recorder.sim.frontends.peatio import MAX_CLIENT_MESSAGE, PeatioSim
 from recorder.transport import new_session
 from recorder.venues import venue
 
-from .processes import RECORDER, TABLES, run_cli, stop
+from .processes import TABLES, killed_runs, run_cli, spawn, stop
 from .recording import (
     assert_book_matches_truth,
     books_valid,
@@ -333,37 +331,15 @@ async def test_many_markets_subscribe_in_messages_under_512_bytes_over_several_c
 # ---- crash recovery ---------------------------------------------------------------------------------
 
 
-async def spawn(data: Path, sim: PeatioSim, timeout: float = 30) -> asyncio.subprocess.Process:
-    """`recorder run altmarkets` of SYMBOLS from `sim` into `data`; returns once it captures frames."""
-    raw = data / "raw"
-    before = set(raw.rglob("*.zst"))
-    proc = await asyncio.create_subprocess_exec(
-        RECORDER, "run", EX, *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
-        "--data-dir", str(data), "--flush-interval", "1", "-q",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while not set(raw.rglob("*.zst")) - before:
-        if proc.returncode is not None or time.monotonic() > deadline:
-            await stop(proc, signal.SIGKILL)
-            raise AssertionError(f"recorder did not start: {(await proc.stderr.read()).decode()}")
-        await asyncio.sleep(0.05)
-    return proc
-
-
 async def test_sigkill_then_recovery_and_replay_lose_and_double_nothing(tmp_path, sim):
     data = tmp_path / "data"
     rng = random.Random(10)
-    runs: list[tuple[list, float | None]] = []  # each process's sim connections, wall time of its SIGKILL
-    for _ in range(3):
-        known = len(sim.connections)
-        proc = await spawn(data, sim)
-        await asyncio.sleep(rng.uniform(0.5, 2.5))
-        kill = time.time()
-        await stop(proc, signal.SIGKILL)
-        runs.append((sim.connections[known:], kill))
+    def start():
+        return spawn(data, sim, exchange=EX, symbols=list(SYMBOLS))
+
+    runs = await killed_runs(sim, 3, start, lambda: asyncio.sleep(rng.uniform(0.5, 2.5)))  # anywhere vs 1 s flushes
     known = len(sim.connections)
-    final = await spawn(data, sim)  # recovers the crashes from their raw logs on start
+    final = await start()  # recovers the crashes from their raw logs on start
     try:
         deadline = time.monotonic() + 30
         while min(len(sent_tids(sim, w, sim.connections[known:])) for w in SYMBOLS.values()) < MIN_TRADES:
