@@ -188,7 +188,7 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
     same as tests/compat's: each spot trade item gets BitMart's swap-only `m` flag on its way into
     ccxt's handler, because ccxt's spot trade parser raises without it (a ccxt defect pinned in
     tests/compat/test_independent_clients.py) and the first trade frame would end its receive loop.
-    Prints a JSON line every 0.2 s, and a last one on SIGTERM: data frames handled, time of the first
+    Prints a JSON line every 0.2 s (from a thread), and a last one on SIGTERM: data frames handled, time of the first
     and last one (empty book heartbeats, sent after a tape ends, count apart and move neither), trade
     items ccxt parsed, trades `watch_trades` yielded.
     """
@@ -249,14 +249,19 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
                     st["errors"] += 1
                     await asyncio.sleep(0.05)
 
+        def report() -> None:  # a thread: ccxt drains a backlog in one long callback, the loop would stall
+            while not stop.is_set():
+                print(json.dumps(st), flush=True)
+                time.sleep(0.2)
+
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         tasks = [asyncio.create_task(books()), asyncio.create_task(trades())]
+        reporter = threading.Thread(target=report, daemon=True)
+        reporter.start()
         try:
-            while not stop.is_set():
-                print(json.dumps(st), flush=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.2)
+            await stop.wait()
+            reporter.join()
             print(json.dumps({**st, "final": True}), flush=True)
         finally:
             for t in tasks:
