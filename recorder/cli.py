@@ -10,23 +10,39 @@ import asyncio
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from recorder import checks, venues
+from recorder import checks, output, venues
 from recorder.app.candles import app as candles_app
-from recorder.app.guard import DEBUG_HELP, fail, run_guarded
+from recorder.app.guard import DEBUG_HELP, examples, fail, run_guarded
 from recorder.errors import RecorderError
 from recorder.sim.faults import FAULTS, parse_faults
 
+# Every command's --help ends with examples (tests/test_console.py runs through them all).
+EXAMPLES = {
+    "run": examples(
+        "recorder run bitmart BTC-USDT --sim --duration 20",
+        "recorder run bitmart BTC-USDT ETH-USDT --data-dir data",
+        "recorder run bitmart --all --quote USDT --log-format json",
+    ),
+    "simulate": examples("recorder simulate bitmart --port 8765 --rate 200"),
+    "sql": examples(
+        'recorder sql "select side, count(*) from trades group by side"',
+        'recorder sql "select * from events" --format csv > events.csv',
+    ),
+    "compact": examples("recorder compact --data-dir data --date 2026-11-30"),
+    "replay": examples("recorder replay data/raw --data-dir rebuilt"),
+    "status": examples("recorder status --data-dir data", "recorder status --date 2026-11-30 | cat"),
+}
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Record exchange market data into Parquet, query it with DuckDB, build candles.",
-    epilog=DEBUG_HELP,
+    epilog=examples("recorder run bitmart BTC-USDT --sim --duration 20", 'recorder sql "select count(*) from trades"')
+    + "\n\n" + DEBUG_HELP,
 )
 app.add_typer(candles_app, name="candles", help="build / backfill / verify / watch candles")
-err = Console(stderr=True)
+err = output.console(stderr=True)
 EXCHANGES = f"one of: {', '.join(venues.names())} (any case)"
 CHANNELS = "; ".join(f"{n}: {','.join(venues.venue(n).channels)}" for n in venues.names())
 
@@ -45,7 +61,7 @@ def quote_list(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(q.strip().upper() for v in values for q in v.split(",") if q.strip()))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["run"])
 def run(
     exchange: str | None = typer.Argument(None, help=EXCHANGES + " (not with --config)"),
     symbols: list[str] | None = typer.Argument(None, help="BASE-QUOTE, e.g. BTC-USDT (or --all)"),
@@ -76,13 +92,25 @@ def run(
         None, "--spool", help="with --data-dir s3://...: the local spool (default ~/.cache/recorder/spool/...)"
     ),
     s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="S3-compatible endpoint URL"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: every line on stderr one JSON object (ts, level, msg, fields)"
+    ),
+    status_interval: float = typer.Option(
+        10.0, "--status-interval", help="off a terminal (or with --log-format json): one status line this often (s)"
+    ),
 ) -> None:
-    """Record trades and the exact order book of SYMBOLS (or --all markets) on EXCHANGE."""
+    """Record trades and the exact order book of SYMBOLS (or --all markets) on EXCHANGE.
+
+    On a terminal a live table shows every stream (past 20: the totals and the worst streams);
+    anywhere else, one plain status line per --status-interval."""
     from recorder.app.record import record
     from recorder.collector import Options
     from recorder.shards import parse_shard
 
     def go() -> None:
+        from recorder.app import console
+
+        console.configure(log_format, status_interval)  # first: every line after it in the chosen format
         # 0 or a negative would stop at once / flush in a busy loop / stall the simulator
         checks.positive(duration, "--duration")
         checks.positive(flush_interval, "--flush-interval")
@@ -127,7 +155,7 @@ def run(
     run_guarded(go)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["simulate"])
 def simulate(
     exchange: str = typer.Argument(..., help=EXCHANGES),
     port: int = typer.Option(8765, "--port", help="TCP port (0: any free port; the real one is printed)"),
@@ -158,7 +186,7 @@ def simulate(
     run_guarded(go)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["sql"])
 def sql(
     query: str = typer.Argument(..., help="DuckDB SQL over the views trades, book_updates, ..."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir"),
@@ -178,7 +206,7 @@ def sql(
     run_guarded(lambda: run_sql(query, data_dir, fmt, limit, write=write))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["compact"])
 def compact(
     data_dir: Path = typer.Option(Path("data"), "--data-dir"),
     table: list[str] = typer.Option([], "--table", help="only these tables (repeatable)"),
@@ -204,7 +232,7 @@ def compact(
     run_guarded(go)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["replay"])
 def replay(
     raw: list[Path] = typer.Argument(..., help="raw log files or directories (e.g. data/raw)"),
     data_dir: Path = typer.Option(..., "--data-dir", help="where the re-derived tables go"),
@@ -235,7 +263,7 @@ def replay(
     run_guarded(go)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["status"])
 def status(
     data_dir: Path = typer.Option(Path("data"), "--data-dir"),
     date: str | None = typer.Option(None, "--date", help="UTC date (default today)"),
@@ -253,9 +281,10 @@ def status(
         t = Table(*cols, title=Text(f"recorder status · {data_dir} · {date or 'today (UTC)'}"))
         for r in rows:  # Text: a detail like "[Errno 28]" is data, not rich markup
             t.add_row(*(Text("" if v is None else str(v)) for v in r))
-        Console().print(t)
+        out = output.console()  # off a terminal: whole cells, however long a name (not `bitma…`)
+        out.print(t)
         usage = ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk_usage(data_dir).items())
-        Console().print(f"on disk: {usage or 'nothing yet'}")
+        out.print(f"on disk: {usage or 'nothing yet'}")
         if skipped:  # plain lines: a path must stay one greppable line however narrow the terminal
             print(f"left out of every query ({len(skipped)} damaged files or stray directories):")
             for s in skipped:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from recorder import checks, venues
-from recorder.app.guard import DEBUG_HELP, run_guarded
+from recorder import checks, output, venues
+from recorder.app.guard import DEBUG_HELP, examples, run_guarded
 from recorder.candles.intervals import DEFAULT_INTERVALS, INTERVALS, VERIFY_ATOL, VERIFY_RTOL, parse_intervals
 
 if TYPE_CHECKING:
@@ -29,9 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Candles: build them from recorded trades, backfill the exchange's own, verify one against the other, "
     "watch them live.",
-    epilog=DEBUG_HELP,
+    epilog=examples("recorder candles build", "recorder candles watch bitmart BTC-USDT") + "\n\n" + DEBUG_HELP,
 )
-out = Console()
+out = output.console()  # off a terminal: whole cells and lines
 
 DATA_DIR = typer.Option(Path("data"), "--data-dir", help="the recorder's data dir")
 EXCHANGES = f"one of: {', '.join(venues.names())}"
@@ -42,7 +41,7 @@ KLINE_INTERVALS = "; ".join(
 BAD_INPUT = (ValueError,)
 
 
-@app.command()
+@app.command(epilog=examples("recorder candles build --data-dir data --interval 1m,1h"))
 def build(
     data_dir: Path = DATA_DIR,
     exchange: str | None = typer.Option(None, "--exchange", help="only this exchange"),
@@ -68,7 +67,7 @@ def build(
     )
 
 
-@app.command()
+@app.command(epilog=examples("recorder candles backfill bitmart BTC-USDT --interval 1m"))
 def backfill(
     exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
@@ -97,7 +96,7 @@ def backfill(
     )
 
 
-@app.command()
+@app.command(epilog=examples("recorder candles verify bitmart BTC-USDT --interval 1m"))
 def verify(
     exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE"),
@@ -125,7 +124,7 @@ def verify(
     raise typer.Exit(0 if result.ok else 1)
 
 
-@app.command()
+@app.command(epilog=examples("recorder candles watch bitmart BTC-USDT --sim --interval 1s"))
 def watch(
     exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),

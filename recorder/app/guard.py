@@ -21,15 +21,20 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
+from recorder import output
 from recorder.errors import RecorderError
 
 DEBUG_ENV = "RECORDER_DEBUG"
 DEBUG_HELP = f"Errors are one line on stderr; {DEBUG_ENV}=1 in the environment shows the full traceback."
 T = TypeVar("T")
 
-err = Console(stderr=True)
+err = output.console(stderr=True)
+
+
+def examples(*commands: str) -> str:
+    """A command's --help epilog: its example command lines (typer keeps blank-line paragraphs)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {c}" for c in commands)
 
 
 def debugging() -> bool:
@@ -37,8 +42,11 @@ def debugging() -> bool:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """End the command with one `error:` line on stderr and exit status `code`."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """End the command with one `error:` line on stderr (a JSON line with `--log-format json`) and
+    exit status `code`."""
+    from recorder.app.console import error_line
+
+    error_line(message, err)
     raise typer.Exit(code)
 
 

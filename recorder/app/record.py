@@ -9,8 +9,10 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 
+from recorder.app.console import STATUS_ROWS as STATUS_ROWS  # rows of the live table (tests read it)
+from recorder.app.console import Monitor, Printer, json_logs, live_table, status_lines, table
+from recorder.app.console import settings as console_settings
 from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.collector import Collector, Options, Unwritten
@@ -53,33 +55,26 @@ async def record(
         opts.rest_url = opts.rest_url or simulator.rest_url
     restore_signals = None
     try:
-        console = Console(stderr=True)
+        console = Printer()  # lines on stderr, whole (or JSON lines: --log-format json)
         collector = Collector(exchange, symbols, opts)
         if opts.data_dir is not None:
             await _check_and_recover(opts.data_dir, console)
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
         if shipper is not None:
-            shipper.on_error = lambda msg: console.print(f"cannot publish to {url}: {msg}", highlight=False)
+            shipper.on_error = lambda msg: console.print(f"cannot publish to {url}: {msg}", level="warning")
             shipper.open_logs = lambda: _open_logs(collector)
             shipper.start()  # first: what a crashed run left in the spool (recovered above)
         if signals:
             restore_signals = install_signal_handlers(collector.stop)
-        show = status and sys.stderr.isatty()
+        show = status and sys.stderr.isatty() and not json_logs()
         console.print(
             f"recording {collector.exchange} {_markets(collector)} -> {opts.data_dir} "
             f"({'simulator ' if sim else ''}{collector.ws_url})",
-            highlight=False,
+            fields={"exchange": collector.exchange, "markets": len(collector.streams), "data_dir": opts.data_dir,
+                    "ws_url": collector.ws_url, "simulator": bool(sim)},
         )
-        if show:
-            with Live(_status(collector, time.monotonic()), console=console, refresh_per_second=2) as live:
-                updater = asyncio.create_task(_refresh(live, collector))
-                try:
-                    await collector.run()
-                finally:
-                    updater.cancel()
-        else:
-            await collector.run()
-        console.print(_summary(collector), highlight=False)
+        await _with_status(console, [collector], status, show, collector.run())
+        console.print(_summary(collector), fields=_summary_fields(collector))
         if shipper is not None:
             done, shipper = shipper, None
             await _close_spool(done, url, console)
@@ -106,7 +101,7 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
     data_dir = plans[0].options.data_dir
     if parse_s3(data_dir) is not None:
         raise RecorderError("--config records into a local data dir only (s3:// is for single-exchange runs)")
-    console = Console(stderr=True)
+    console = Printer()
     simulators, collectors, prepared = [], [], []
     lock = None
     restore_signals = None
@@ -132,18 +127,9 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
             )
         runs = asyncio.gather(*(c.run() for c in collectors))
         prepared = []  # run() cleans up after itself from here on
-        if status and sys.stderr.isatty():
-            start = time.monotonic()
-            with Live(Group(*(_status(c, start) for c in collectors)), console=console, refresh_per_second=1) as live:
-                updater = asyncio.create_task(_refresh_many(live, collectors, start))
-                try:
-                    await runs
-                finally:
-                    updater.cancel()
-        else:
-            await runs
+        await _with_status(console, collectors, status, status and sys.stderr.isatty() and not json_logs(), runs)
         for c in collectors:
-            console.print(f"{c.exchange} {_summary(c)}", highlight=False)
+            console.print(f"{c.exchange} {_summary(c)}", fields=_summary_fields(c))
         for c in collectors:
             left = c.unwritten()
             if left.rows:
@@ -162,10 +148,26 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
             await s.stop()
 
 
-async def _refresh_many(live: Live, collectors: list[Collector], start: float) -> None:
-    while True:
-        await asyncio.sleep(1.0)
-        live.update(Group(*(_status(c, start) for c in collectors)))
+async def _with_status(console: Printer, collectors: list[Collector], status: bool, show: bool, run) -> None:
+    """Await `run` with the live table (`show`, a terminal), else one status line per interval
+    (`status`), else silently (`recorder.app.console`)."""
+    monitors = [Monitor(c) for c in collectors]
+    if show:
+        first = Group(*(table(m.sample()) for m in monitors))
+        with Live(first, console=console.rich, refresh_per_second=2) as live:
+            updater = asyncio.create_task(live_table(live, monitors))
+            try:
+                await run
+            finally:
+                updater.cancel()
+    elif status:
+        updater = asyncio.create_task(status_lines(console, monitors, console_settings.status_interval))
+        try:
+            await run
+        finally:
+            updater.cancel()
+    else:
+        await run
 
 
 def _open_logs(c: Collector) -> set[Path]:
@@ -217,13 +219,6 @@ def unwritten_message(u: Unwritten, data_dir: Path | None, why: str) -> str:
     )
 
 
-async def _refresh(live: Live, collector: Collector) -> None:
-    start = time.monotonic()
-    while True:
-        await asyncio.sleep(0.5)
-        live.update(_status(collector, start))
-
-
 def _markets(c: Collector) -> str:
     names = list(c.streams)
     if len(names) <= 10:
@@ -231,44 +226,9 @@ def _markets(c: Collector) -> str:
     return f"{len(names):,} markets ({', '.join(names[:5])}, ...) on {len(c.connections)} connections"
 
 
-STATUS_ROWS = 25  # symbols shown in the live table (the busiest first past this many)
-
-
 def _status(c: Collector, start: float) -> Group:
-    t = Table(title=f"recorder · {c.exchange} · {time.monotonic() - start:,.0f} s", expand=False)
-    for col in ("symbol", "trades", "book seq", "book", "top of book"):
-        t.add_column(col)
-    streams = list(c.streams.values())
-    if len(streams) > STATUS_ROWS:
-        streams = sorted(streams, key=lambda s: -s.trade_count)[:STATUS_ROWS]
-    for s in streams:
-        b = s.book.book
-        top = f"{b.best_bid()} / {b.best_ask()}" if s.book.valid else "-"
-        t.add_row(s.user, f"{s.trade_count:,}", str(s.book.seq or "-"), "valid" if s.book.valid else "syncing", top)
-    if len(c.streams) > len(streams):
-        t.add_row(f"... {len(c.streams) - len(streams):,} more", "", "", "", "")
-    frames = c.frames
-    reconnects = sum(x.reconnects for x in c.connections)
-    valid = sum(s.book.valid for s in c.streams.values())
-    full = f"all subscribed in {c.subscribed_in:.1f} s" if c.subscribed_in is not None else "subscribing"
-    t.caption = (
-        f"{len(c.streams):,} markets · books valid {valid:,} · topics acked {c.topics_acked():,}/{c.topics_total():,} "
-        f"({full}) · frames {frames:,} · reconnects {reconnects} · errors {c.errors} · "
-        f"buffered rows {c.sink.pending_rows():,} · files {c.sink.files_written}"
-    )
-    return Group(t, _connections(c))
-
-
-def _connections(c: Collector) -> Table:
-    """Per-connection health: up or down, topics acknowledged of held, reconnects, frames."""
-    t = Table(title="connections", expand=False)
-    for col in ("conn", "state", "topics acked", "reconnects", "frames"):
-        t.add_column(col)
-    for x in c.connections:
-        up = x.ws is not None and not x.ws.closed
-        acked = sum(tp.acked for tp in x.topics)
-        t.add_row(str(x.index), "up" if up else "down", f"{acked}/{len(x.topics)}", str(x.reconnects), f"{x.frames:,}")
-    return t
+    """The live table of one collector as of now (`recorder.app.console.table`)."""
+    return table(Monitor(c, start).sample())
 
 
 def _summary(c: Collector) -> str:
@@ -281,6 +241,12 @@ def _summary(c: Collector) -> str:
            f"{_n(len(c.connections), 'connection')} all subscribed {c.subscribed_in:.1f} s after start"
            if c.subscribed_in is not None else "")
     )
+
+
+def _summary_fields(c: Collector) -> dict:
+    return {"exchange": c.exchange, "trades": sum(s.trade_count for s in c.streams.values()),
+            "rows": c.sink.rows_written, "files": c.sink.files_written, "errors": c.errors,
+            "reconnects": sum(x.reconnects for x in c.connections)}
 
 
 def _n(count: int, noun: str) -> str:

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import duckdb
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -54,9 +53,9 @@ def _print_table(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, m
     for r in rows:
         t.add_row(*(Text(v) for v in r))  # Text: a value like "[red]" is data, not rich markup
     with contextlib.suppress(BrokenPipeError):
-        Console().print(t)
+        output.console().print(t)  # off a terminal: whole cells
     if cut:  # never drop rows silently
-        Console(stderr=True).print(
+        output.console(stderr=True).print(
             f"showing the first {max_rows:,} rows; more were cut (raise --max-rows, or use --format csv/json)",
             highlight=False,
             soft_wrap=True,
