@@ -221,10 +221,16 @@ def compact(
 
     def go() -> None:
         from recorder.lake import check_data_dir
+        from recorder.storage.objectstore import parse_s3
 
         day = checks.utc_date(date)
-        check_data_dir(data_dir)
-        res = compact_data_dir(data_dir, tables=table or None, date=day, include_today=include_today)
+        if (url := parse_s3(data_dir)) is not None:  # a bucket: merged in a temp dir, replaced by marker
+            from recorder.storage.remote import compact_bucket
+
+            res = compact_bucket(url, tables=table or None, date=day, include_today=include_today)
+        else:
+            check_data_dir(data_dir)
+            res = compact_data_dir(data_dir, tables=table or None, date=day, include_today=include_today)
         err.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows")
         for s in res.skipped:  # left in place: one greppable line each
             err.print(f"warning: left alone {s.path}: {s.reason}", highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class TableFiles:
 
     files: list[Path] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    exact: bool = False  # a glob of the directory would not be these files (a bucket's live marker)
 
 
 def check_data_dir(data_dir: str | Path) -> Path:
@@ -67,7 +69,7 @@ def refuse_remote(data_dir: str | Path) -> None:
     if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
         raise RecorderError(
             f"data dir {data_dir}: this command does not support s3:// data dirs yet "
-            "(recorder run, sql, status and recorder.connect() do)"
+            "(run, sql, status, compact, candles build/verify and recorder.connect() do)"
         )
 
 
@@ -248,16 +250,58 @@ def check_remote(url, fs) -> None:
         raise RecorderError(f"no data dir at {url} (nothing under that prefix)")
 
 
+MARKERS_DIR = ".markers"  # a bucket's replacement markers (see recorder.storage.remote)
+
+
+def marker_hidden(markers: Iterable[dict], present: set[str]) -> set[str]:
+    """The keys that live replacement markers hide from readers, among `present` (keys relative to
+    the data dir): a marker's inputs once every one of its outputs is there (the old objects are
+    being deleted), else its outputs that are there (they are being published, or were when the
+    process died). Either way no row is seen twice or missed."""
+    hidden: set[str] = set()
+    for m in markers:
+        outputs = set(m.get("outputs", []))
+        if outputs <= present:
+            hidden.update(m.get("inputs", []))
+        else:
+            hidden |= outputs & present
+    return hidden
+
+
+def remote_markers(fs, url) -> list[dict]:
+    """The live replacement markers of a bucket data dir (a torn or vanished one is none)."""
+    import orjson
+
+    try:
+        keys = sorted(fs.find(f"{url.path}/{MARKERS_DIR}"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for key in keys:
+        try:
+            out.append(orjson.loads(fs.cat_file(key)))
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            continue
+    return out
+
+
 def remote_partition_files(fs, url, table: str) -> TableFiles:
     """`partition_files` for a bucket: the table's `*.parquet` objects under valid partition
-    directories (one listing). Files are `s3://` URLs (str). Footers are not checked here (that
-    would read every object at each connect): objects are only ever published whole and verified."""
+    directories (one listing), less what a live replacement marker hides (`marker_hidden`; listed
+    after the objects, so a replacement finished in between hides nothing it should not). Files
+    are `s3://` URLs (str). Footers are not checked here (that would read every object at each
+    connect): objects are only ever published whole and verified."""
     out = TableFiles()
     base = f"{url.path}/{table}"
     try:
         keys = sorted(fs.find(base))
     except FileNotFoundError:
         keys = []
+    root = f"{url.path}/"
+    hidden = marker_hidden(remote_markers(fs, url), {k[len(root) :] for k in keys})
+    if hidden:
+        out.exact = True
+        keys = [k for k in keys if k[len(root) :] not in hidden]
     bad: set[str] = set()
     for key in keys:
         parts = key[len(base) + 1 :].split("/")

@@ -116,7 +116,7 @@ def create_remote_views(con: duckdb.DuckDBPyConnection, url, fs, warn: bool = Tr
         skipped += found.skipped
         if not found.files:
             select = _empty_select(table)
-        elif found.skipped:
+        elif found.skipped or found.exact:  # exact: a live marker hides some objects
             select = files_select(table, found.files)
         else:
             select = files_select(table, _sql_str(f"{url}/{table}/*/*/*/*.parquet"))

@@ -426,8 +426,8 @@ def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors
     for args, msg in (
         (["sql", "select 1", "--data-dir", "s3://no-such-bucket/x"], "does not exist"),
         (["sql", "select 1", "--data-dir", f"s3://{BUCKET}/typo"], "no data dir at s3://"),
-        (["compact", "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
-        (["candles", "build", "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),
+        (["compact", "--data-dir", "s3://no-such-bucket/x"], "bucket 'no-such-bucket' does not exist"),
+        (["candles", "build", "--data-dir", f"s3://{BUCKET}/typo"], "no data dir at s3://"),
         (["candles", "backfill", "bitmart", "BTC-USDT", "--data-dir", f"s3://{BUCKET}/lake",
           "--rest-url", "http://127.0.0.1:9"], "does not support s3:// data dirs yet"),
         (["replay", str(tmp_path), "--data-dir", f"s3://{BUCKET}/lake"], "does not support s3:// data dirs yet"),

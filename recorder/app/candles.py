@@ -51,13 +51,17 @@ def build(
 ) -> None:
     """Aggregate recorded trades into the `candles` table (incremental: only changed dates are redone)."""
     from recorder.candles.build import build_candles
+    from recorder.storage.objectstore import parse_s3
 
-    report = run_guarded(
-        lambda: build_candles(
-            data_dir, exchange and venues.canonical(exchange), symbol, parse_intervals(interval), fill=fill
-        ),
-        BAD_INPUT,
-    )
+    def go():
+        ex = exchange and venues.canonical(exchange)
+        if (url := parse_s3(data_dir)) is not None:  # a bucket: built in a temp mirror, then published
+            from recorder.storage.remote import build_candles_bucket
+
+            return build_candles_bucket(url, ex, symbol, parse_intervals(interval), fill=fill)
+        return build_candles(data_dir, ex, symbol, parse_intervals(interval), fill=fill)
+
+    report = run_guarded(go, BAD_INPUT)
     counts = Counter(a[3] for a in report.actions)
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing to do"
     out.print(

@@ -1,0 +1,298 @@
+"""Maintenance of a bucket data dir against a real S3 API server (moto's threaded server, the
+fixtures of test_s3): `compact` and `candles build` on `s3://...`, and what a killed replacement
+leaves for readers."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+pytest.importorskip("moto")
+
+from . import test_s3 as base  # noqa: E402
+from .processes import RECORDER  # noqa: E402
+from .test_s3 import BUCKET, _objects  # noqa: E402
+
+s3, lake = base.s3, base.lake  # the S3 server and the recorded lake, fixtures shared with test_s3
+
+TABLES = ("trades", "book_updates", "book_snapshots", "events")
+
+
+def _rec(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=120)
+
+
+def _rows(data_dir) -> dict[str, list]:
+    """Every row of the recorded tables, sorted: a multiset to compare lakes by."""
+    from recorder import connect
+
+    con = connect(data_dir)
+    try:
+        return {t: con.execute(f"select * from {t} order by all").fetchall() for t in TABLES}
+    finally:
+        con.close()
+
+
+def _parquet(c, table: str) -> dict[str, int]:
+    return {k: v for k, v in _objects(c, f"lake/{table}/").items() if k.endswith(".parquet")}
+
+
+def _partitions(keys) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in keys:
+        part = k.rsplit("/", 1)[0]
+        out[part] = out.get(part, 0) + 1
+    return out
+
+
+def test_compact_on_a_bucket_merges_each_partition_and_keeps_every_row(lake, s3):
+    local, url, _ = lake
+    _, c, _ = s3
+    before = {t: _parquet(c, t) for t in TABLES}
+    assert max(_partitions(before["trades"]).values()) > 1, "the recording left several files per partition"
+    want = _rows(local)
+    assert _rows(url) == want
+
+    p = _rec("compact", "--data-dir", url, "--include-today")
+    assert p.returncode == 0, p.stderr
+    assert "compacted" in p.stderr and " 0 partitions" not in p.stderr
+
+    after = {t: _parquet(c, t) for t in TABLES}
+    for t in TABLES:
+        assert set(_partitions(after[t])) == set(_partitions(before[t])), t
+        assert set(_partitions(after[t]).values()) == {1}, f"{t}: one object per partition"
+        assert not set(after[t]) & {k for k, n in before[t].items()}, f"{t}: every input replaced"
+    assert _rows(url) == want, "same rows, none doubled or lost"
+    assert not _objects(c, "lake/.markers/"), "no marker left"
+    p = _rec("compact", "--data-dir", url, "--include-today")
+    assert p.returncode == 0 and "compacted 0 partitions" in p.stderr, p.stderr
+
+
+def _begin_compaction(url: str, table: str = "trades"):
+    """The real steps of `compact_bucket` for the biggest partition of `table`, up to (not including)
+    running the replacement: the bucket, the replacement and its temp work dir."""
+    import tempfile
+    from pathlib import Path
+
+    from recorder.storage.objectstore import parse_s3
+    from recorder.storage.remote import Bucket, merge_partition, partitions
+
+    bucket = Bucket(parse_s3(url))
+    parts = partitions(bucket.list(f"{table}/"), table, [], bucket.url)
+    part, files = max(sorted(parts.items()), key=lambda kv: len(kv[1]))  # the most objects
+    tmp = tempfile.TemporaryDirectory(prefix="recorder-test-")
+    rep, rows = merge_partition(bucket, Path(tmp.name), table, part, files, [])
+    assert rep is not None and rows > 0 and len(rep.inputs) == len(files) > 1
+    return bucket, rep, tmp
+
+
+def test_a_compaction_killed_after_publishing_hides_its_inputs_and_the_next_compact_finishes_it(lake, s3):
+    local, url, _ = lake
+    _, c, _ = s3
+    want = _rows(local)
+    bucket, rep, tmp = _begin_compaction(url)
+    with tmp:
+        rep.begin()
+        rep.publish()  # ... and the process dies: the merged object and its inputs are both there
+    [output] = rep.rels()
+    keys = set(_objects(c, "lake/"))
+    assert f"lake/{output}" in keys and all(f"lake/{k}" in keys for k in rep.inputs)
+    assert _objects(c, "lake/.markers/")
+    assert _rows(url) == want, "the marker hides the inputs: no row twice"
+    p = _rec("sql", "select count(*) from trades", "--data-dir", url, "--format", "csv")
+    assert p.returncode == 0 and p.stdout.split() == ["count_star()", str(len(want["trades"]))], p.stderr
+
+    p = _rec("compact", "--data-dir", url, "--include-today", "--table", "trades")
+    assert p.returncode == 0, p.stderr
+    keys = set(_objects(c, "lake/"))
+    assert f"lake/{output}" in keys and not any(f"lake/{k}" in keys for k in rep.inputs), "finished"
+    assert not _objects(c, "lake/.markers/")
+    assert set(_partitions(_parquet(c, "trades")).values()) == {1}
+    assert _rows(url) == want
+
+
+def test_a_compaction_killed_before_publishing_changes_nothing_and_is_rolled_back(lake, s3):
+    from recorder.storage.remote import settle_markers
+
+    local, url, _ = lake
+    _, c, _ = s3
+    want = _rows(local)
+    bucket, rep, tmp = _begin_compaction(url)
+    with tmp:
+        rep.begin()  # the marker only: the process dies before the merged object is published
+    assert _rows(url) == want
+    # a young marker may be a compaction still running elsewhere: its partition is left alone
+    p = _rec("compact", "--data-dir", url, "--include-today", "--table", "trades")
+    assert p.returncode == 0, p.stderr
+    assert all(f"lake/{k}" in set(_objects(c, "lake/")) for k in rep.inputs)
+    assert _rows(url) == want
+    # once stale, it is rolled back: the marker goes, the inputs stay until a compaction merges them
+    assert settle_markers(bucket, stale=0) == (1, set())
+    assert not _objects(c, "lake/.markers/")
+    assert all(f"lake/{k}" in set(_objects(c, "lake/")) for k in rep.inputs)
+    assert _rows(url) == want
+
+
+def test_half_published_outputs_of_a_dead_replacement_are_hidden_then_deleted(lake, s3):
+    """A replacement with two outputs (as a candle build has) killed after the first: readers
+    hide that output (its inputs are still there), and settling deletes it."""
+    import shutil
+
+    from recorder.storage.remote import settle_markers
+
+    local, url, _ = lake
+    _, c, _ = s3
+    want = _rows(local)
+    bucket, rep, tmp = _begin_compaction(url)
+    with tmp:
+        second = rep.outputs[0].with_name("x-" + rep.outputs[0].name)
+        shutil.copy(rep.outputs[0], second)
+        rep.outputs.append(second)
+        rep.begin()
+        rep.outputs.pop()  # publish only the first
+        rep.publish()
+        rep.outputs.append(second)
+    [first, _] = rep.rels()
+    assert f"lake/{first}" in _objects(c, "lake/")
+    assert _rows(url) == want, "the published half is hidden"
+    assert settle_markers(bucket, stale=0)[0] == 1
+    assert f"lake/{first}" not in _objects(c, "lake/") and not _objects(c, "lake/.markers/")
+    assert _rows(url) == want
+
+
+def test_compact_on_a_missing_bucket_or_prefix_is_a_one_line_error(s3, tmp_path):
+    for args, msg in (
+        (["compact", "--data-dir", "s3://no-such-bucket/x"], "bucket 'no-such-bucket' does not exist"),
+        (["compact", "--data-dir", f"s3://{BUCKET}/typo"], "no data dir at s3://"),
+        (
+            ["compact", "--data-dir", f"s3://{BUCKET}/x", "--table", "candles"],
+            "cannot compact table(s) candles",
+        ),
+        (
+            ["candles", "build", "--data-dir", "s3://no-such-bucket/x"],
+            "bucket 'no-such-bucket' does not exist",
+        ),
+    ):
+        p = subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode != 0 and msg in p.stderr and len(lines) == 1, (args, p.stderr)
+    assert not list(tmp_path.glob("s3*")), "no local directory named s3:"
+
+
+# --- candles on a bucket -------------------------------------------------------------------------
+
+CANDLE_COLUMNS = (
+    "exchange, symbol, date, interval, open_time, open, high, low, close, volume, trades, complete"
+)
+
+
+def _candles(data_dir) -> list:
+    from recorder import connect
+
+    con = connect(data_dir)
+    try:
+        return con.execute(f"select {CANDLE_COLUMNS} from candles order by all").fetchall()
+    finally:
+        con.close()
+
+
+def test_candles_build_on_a_bucket_equals_a_local_build_and_a_second_build_writes_nothing(lake, s3, tmp_path):
+    import shutil
+
+    local, url, _ = lake
+    _, c, _ = s3
+    copy = tmp_path / "copy"
+    shutil.copytree(local, copy)
+    p = _rec("candles", "build", "--data-dir", str(copy), "--interval", "1s,1m")
+    assert p.returncode == 0, p.stderr
+    want = _candles(copy)
+    assert want
+
+    p = _rec("candles", "build", "--data-dir", url, "--interval", "1s,1m")
+    assert p.returncode == 0, p.stderr
+    assert _candles(url) == want
+    objects = {k: (o["ETag"], o["LastModified"]) for k, o in _listing(c).items()}
+    assert any(k.startswith("lake/candles/") and k.endswith(".parquet") for k in objects)
+    assert "lake/candles/.state/manifest.json" in objects
+    assert not _objects(c, "lake/.markers/")
+
+    p = _rec("candles", "build", "--data-dir", url, "--interval", "1s,1m")
+    assert p.returncode == 0, p.stderr
+    assert "nothing to do" in p.stdout, p.stdout
+    assert {k: (o["ETag"], o["LastModified"]) for k, o in _listing(c).items()} == objects, "no object written"
+
+    # compaction only re-packs trades the candles were built from: nothing is rebuilt
+    assert _rec("compact", "--data-dir", url, "--include-today").returncode == 0
+    candles = {k for k in _objects(c, "lake/candles/") if k.endswith(".parquet")}
+    p = _rec("candles", "build", "--data-dir", url, "--interval", "1s,1m")
+    assert p.returncode == 0 and "nothing to do" in p.stdout, p.stdout
+    assert {k for k in _objects(c, "lake/candles/") if k.endswith(".parquet")} == candles
+    assert _candles(url) == want
+
+
+def _listing(c) -> dict[str, dict]:
+    out = {}
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="lake/"):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o
+    return out
+
+
+def test_candles_build_on_a_bucket_replaces_what_new_trades_change(lake, s3, tmp_path):
+    """More trades published after a build: the next build publishes new candle objects, deletes
+    the ones they replace, and equals a local build of the same trades."""
+    import shutil
+
+    from recorder.storage.objectstore import Publisher, parse_s3
+
+    local, url, _ = lake
+    _, c, _ = s3
+    assert _rec("candles", "build", "--data-dir", url, "--interval", "1s,1m").returncode == 0
+    first = {k for k in _objects(c, "lake/candles/") if k.endswith(".parquet")}
+    # a second recording into the same lake (the same day's partitions)
+    more = tmp_path / "more"
+    p = _rec("run", "bitmart", "BTC-USDT", "--sim", "--sim-rate", "200", "--sim-seed", "3", "--duration", "2",
+             "--flush-interval", "1", "--data-dir", str(more), "-q")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    spool = tmp_path / "spool2"
+    shutil.copytree(more, spool)
+    Publisher(spool, parse_s3(url), c).publish_spool()
+    shutil.copytree(more, local, dirs_exist_ok=True)
+    p = _rec("candles", "build", "--data-dir", url, "--interval", "1s,1m")
+    assert p.returncode == 0, p.stderr
+    assert "nothing to do" not in p.stdout
+    now = {k for k in _objects(c, "lake/candles/") if k.endswith(".parquet")}
+    assert now != first and now - first, "new candle objects"
+    assert first - now, "the replaced ones are gone"
+    assert _rec("candles", "build", "--data-dir", str(local), "--interval", "1s,1m").returncode == 0
+    assert _candles(url) == _candles(local)
+
+
+def test_candles_verify_reads_the_bucket(lake, s3, tmp_path):
+    """Exchange candles equal to the built ones (made from them, published to the bucket): verify
+    over the bucket compares them and passes."""
+    import pyarrow.parquet as pq
+
+    from recorder.model import SCHEMAS
+    from recorder.storage.objectstore import Publisher, parse_s3
+    from recorder.storage.sink import write_parquet_atomic
+
+    local, url, _ = lake
+    _, c, _ = s3
+    assert _rec("candles", "build", "--data-dir", url, "--interval", "1s").returncode == 0
+    spool = tmp_path / "spool3"
+    for key in [k for k in _objects(c, "lake/candles/") if k.endswith(".parquet")]:
+        if "symbol=BTC-USDT" not in key:
+            continue
+        src = tmp_path / "c.parquet"
+        src.write_bytes(c.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        tbl = pq.read_table(src).select(SCHEMAS["exchange_candles"].names).cast(SCHEMAS["exchange_candles"])
+        rel = key.removeprefix("lake/candles/").replace("/", "_")
+        write_parquet_atomic(
+            tbl, spool / "exchange_candles/exchange=bitmart/symbol=BTC-USDT" / key.split("/")[-2] / rel
+        )
+    Publisher(spool, parse_s3(url), c).publish_spool()
+    p = _rec("candles", "verify", "bitmart", "BTC-USDT", "--interval", "1s", "--data-dir", url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "OK" in p.stdout and "no complete built candle" not in p.stdout
