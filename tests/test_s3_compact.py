@@ -296,3 +296,25 @@ def test_candles_verify_reads_the_bucket(lake, s3, tmp_path):
     p = _rec("candles", "verify", "bitmart", "BTC-USDT", "--interval", "1s", "--data-dir", url)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "OK" in p.stdout and "no complete built candle" not in p.stdout
+
+
+def test_the_candle_manifest_is_written_back_only_if_nobody_changed_it(s3):
+    """Two builds on one bucket: the second to write the manifest finds another ETag and fails with
+    one line (its published candles are then rolled back by the builder); a first build's manifest
+    may not overwrite one that appeared meanwhile."""
+    from recorder.errors import RecorderError
+    from recorder.storage.objectstore import parse_s3
+    from recorder.storage.remote import MANIFEST_KEY, Bucket
+
+    _, c, _ = s3
+    c.put_object(Bucket=BUCKET, Key="lake/x", Body=b"x")
+    bucket = Bucket(parse_s3(f"s3://{BUCKET}/lake"))
+    bucket.put(MANIFEST_KEY, b'{"a": 1}')
+    with pytest.raises(RecorderError, match="changed by another process meanwhile") as e:
+        bucket.put(MANIFEST_KEY, b'{"b": 2}')  # a first build: there was no manifest when it began
+    assert "\n" not in str(e.value)
+    data, etag = bucket.get(MANIFEST_KEY)
+    bucket.put(MANIFEST_KEY, b'{"c": 3}', etag)  # the build that read it
+    with pytest.raises(RecorderError, match="changed by another process meanwhile"):
+        bucket.put(MANIFEST_KEY, b'{"d": 4}', etag)  # a concurrent one that read the same
+    assert bucket.get(MANIFEST_KEY)[0] == b'{"c": 3}'
