@@ -462,4 +462,6 @@ async def live_table(live, monitors: list[Monitor], period: float = 0.5) -> None
     """Refresh a rich `Live` with every collector's table (until cancelled)."""
     while True:
         await asyncio.sleep(period)
+        if any(m.c.stopping.is_set() for m in monitors):  # keep the last frame from before the stop
+            continue
         live.update(Group(*(table(m.sample()) for m in monitors)))
