@@ -10,9 +10,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
+from isal.isal_zlib import IsalError
+from isal.isal_zlib import decompress as isal_decompress
 
 from recorder.model import (
     BOOK,
@@ -104,7 +107,17 @@ def inflate(data: bytes) -> bytes:
 
     BitMart documents raw deflate; a zlib- or gzip-wrapped stream is accepted too (servers that
     speak the protocol less strictly), at the cost of a second attempt only for such frames.
+
+    Small frames (every real push) go through ISA-L's inflate first: ~0.7 µs cheaper per frame
+    than zlib's. Whatever ISA-L refuses is handed to zlib, so that zlib alone decides what is an
+    error and words it. (ISA-L's streaming object keeps no `unconsumed_tail`, so the size cap of
+    large frames stays zlib's.)
     """
+    if len(data) < _SMALL_FRAME:
+        try:
+            return isal_decompress(data, -zlib.MAX_WBITS)
+        except IsalError:
+            pass
     try:
         return _inflate(data, -zlib.MAX_WBITS)
     except zlib.error:
@@ -137,10 +150,90 @@ DECODE_ERRORS = (zlib.error, ValueError)
 _KEEPALIVE_TEXTS = frozenset(["pong", b"pong", "ping", b"ping"])
 
 
+# Typed decoding of the two market-data pushes straight into structs (msgspec): no dict per item,
+# ~1 µs a message less than orjson + dict lookups. It takes only the plain shape (strings for
+# numbers, ints that orjson reads exactly); anything else (other messages, odd or bad input) goes
+# the general way below, which alone decides what such input means, so both ways give the same
+# records for every payload.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # orjson reads these exactly
+
+
+class _BookItem(msgspec.Struct):
+    symbol: str
+    version: _Int
+    type: str
+    ms_t: _Int
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+
+
+class _BookPush(msgspec.Struct, tag_field="table", tag=BOOK_CHANNEL):
+    data: list[_BookItem]
+
+
+class _TradeItem(msgspec.Struct):
+    symbol: str
+    side: str
+    price: str
+    size: str
+    ms_t: _Int | msgspec.UnsetType = msgspec.UNSET
+    s_t: _Int | msgspec.UnsetType = msgspec.UNSET
+
+
+class _TradePush(msgspec.Struct, tag_field="table", tag=TRADE_CHANNEL):
+    data: list[_TradeItem]
+
+
+_PUSH = msgspec.json.Decoder(_BookPush | _TradePush)
+_PUSH_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)  # ValueError: float() of a str
+
+
+def _typed(raw: bytes | str) -> list[Message] | None:
+    """The records of a plain market-data push, or None: not one (the general way decides)."""
+    try:
+        push = _PUSH.decode(raw)
+    except _PUSH_ERRORS:
+        return None
+    try:
+        if type(push) is _BookPush:
+            return [
+                BookMessage(
+                    i.symbol,
+                    i.version,
+                    i.type == "snapshot",
+                    i.ms_t * 1000,
+                    [(float(p), float(q)) for p, q in i.bids],
+                    [(float(p), float(q)) for p, q in i.asks],
+                )
+                for i in push.data
+            ]
+        by_symbol: dict[str, TradeBatch] = {}
+        for t in push.data:
+            if t.ms_t is not msgspec.UNSET:
+                ts = t.ms_t * 1000
+            elif t.s_t is not msgspec.UNSET:
+                ts = t.s_t * 1_000_000
+            else:
+                return None
+            side = t.side
+            if side != "buy" and side != "sell":
+                return None
+            batch = by_symbol.get(t.symbol)
+            if batch is None:
+                batch = by_symbol[t.symbol] = TradeBatch(t.symbol, [])
+            batch.trades.append((ts, None, side, float(t.price), float(t.size)))
+        return list(by_symbol.values())
+    except _PUSH_ERRORS:
+        return None
+
+
 def parse(raw: bytes | str) -> list[Message]:
     """Decode one payload into messages. Never raises: bad input becomes ProtocolError."""
     if raw in _KEEPALIVE_TEXTS:  # our pong, or a server's own text ping (nothing to answer)
         return [Pong()]
+    records = _typed(raw)
+    if records is not None:
+        return records
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
