@@ -6,7 +6,10 @@ clock is passed in, so it is tested without sockets).
   `ack_timeout`): a refusal is an answer, there is nothing to wait for;
 - a snapshot asked for (on subscribe, or by a `Resync`) and not received is asked for again after
   the venue's `ResyncPolicy.wait(tries)`; after `max_tries` the venue either reconnects
-  (`Reconnect`) or keeps waiting, saying so in `events` each time (`Report`).
+  (`Reconnect`) or keeps waiting, saying so in `events` each time (`Report`);
+- a book resynced again and again in quick succession (a venue whose cached snapshot keeps replaying
+  the same gap, a feed that keeps crossing) backs off (`ResyncBackoff`) instead of resubscribing as
+  fast as the send budget allows.
 """
 
 from __future__ import annotations
@@ -85,3 +88,21 @@ class Deadlines:
                 wait = p.wait(t.resync_tries + 1)
                 out.append(Report(t.name, f"no snapshot after {t.resync_tries} requests: asking again, waiting {wait:g} s", Cause.NO_SNAPSHOT))
         return out
+
+
+class ResyncBackoff:
+    """How long a book's resync waits before it is sent. A resync requested within `window` seconds
+    of the same book's previous one goes one level up; past `free` levels each waits twice as long
+    as the one before (`first`, 2×`first`, ... at most `max_delay`). A book `window` seconds without
+    a resync starts again at level 0. The book stays invalid (and its coverage says so) meanwhile."""
+
+    def __init__(self, free: int = 4, window: float = 10.0, first: float = 1.0, max_delay: float = 60.0) -> None:
+        self.free, self.window, self.first, self.max_delay = free, window, first, max_delay
+        self.level: dict[str, int] = {}
+        self.last: dict[str, float] = {}  # when the topic's previous resync is (was) sent
+
+    def delay(self, topic: str, now: float) -> float:
+        level = self.level.get(topic, 0) + 1 if now - self.last.get(topic, -1e18) <= self.window else 0
+        wait = 0.0 if level < self.free else min(self.max_delay, self.first * 2 ** (level - self.free))
+        self.level[topic], self.last[topic] = level, now + wait
+        return wait

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from recorder.model import CONNECT, DISCONNECT, ERROR, Cause
-from recorder.session.deadlines import Deadlines
+from recorder.session.deadlines import Deadlines, ResyncBackoff
 from recorder.session.dispatcher import STALE, Dispatcher, Refused
 from recorder.session.stream import now_us
 from recorder.transport.limits import SendLimiter, backoff_delay
@@ -94,6 +94,7 @@ class Connection:
     last_frame_us: int = 0  # its receive time (the end of validity if the socket hangs)
     reconnects: int = 0
     frames: int = 0
+    frames_before: int = 0  # frames of the earlier sockets (`recorder.metrics` adds `frames`)
     closed_why: str = ""  # set when we close the socket ourselves (the `disconnect` detail)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class Connection:
         self.venue = c.venue
         self.limiter = SendLimiter(*self.venue.limits.send_budget, reserve=2)
         self._resyncing: set[str] = set()  # book topics whose resync texts are still queued
+        self.resync_backoff = ResyncBackoff()
         self.topics = self.dispatcher.topics
         opt = c.options
         policy = self.venue.resync
@@ -125,6 +127,17 @@ class Connection:
             if topic is not None:
                 self._resyncing.discard(topic)
 
+    async def _resync(self, i: Resync, ws: aiohttp.ClientWebSocketResponse | None, delay: float) -> None:
+        if delay:
+            log.warning("connection %d: %s resynced again and again: next resync in %g s", self.index, i.topic, delay)
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                self._resyncing.discard(i.topic)
+                raise
+            self.deadlines.sent(i, time.monotonic())
+        await self._send_all(self.venue.messages(i), ws, i.topic)
+
     def execute(self, intents: list[Intent | Refused]) -> None:
         """Carry out what the session asked for. Sends go out as tasks (the receive loop never
         waits for the send budget); `Reconnect` closes the socket."""
@@ -136,8 +149,10 @@ class Connection:
                 if i.topic in self._resyncing:
                     continue  # one resync of a book at a time: its answer settles both
                 self._resyncing.add(i.topic)
-                self.deadlines.sent(i, now)
-                self.collector.spawn(self._send_all(self.venue.messages(i), self.ws, i.topic))
+                delay = self.resync_backoff.delay(i.topic, now)
+                if not delay:
+                    self.deadlines.sent(i, now)
+                self.collector.spawn(self._resync(i, self.ws, delay))
             elif type(i) is Subscribe:
                 self.deadlines.sent(i, now)
                 self.collector.spawn(self._send_all(self.venue.messages(i), self.ws))
@@ -187,6 +202,7 @@ class Connection:
                 await asyncio.wait_for(c.stopping.wait(), backoff_delay(attempt))
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.frames_before += self.frames
         self.frames, self.closed_why = 0, ""
         self.deadlines.reset()
         self.dispatcher.take_intents()  # what the old socket wanted is moot
