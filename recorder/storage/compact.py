@@ -27,7 +27,7 @@ from recorder.errors import RecorderError
 from recorder.lake import Skipped, check_files, partition_problem
 from recorder.model import OPTIONAL_COLUMNS, SCHEMAS
 from recorder.storage.checkpoint import merge_sources, read_sources, run_is_alive, sources_metadata
-from recorder.storage.sink import recover, replace_partition_files
+from recorder.storage.sink import COMPACT_ZSTD_LEVEL, recover, replace_partition_files
 
 ARRIVAL_ORDER = {"book_updates", "book_snapshots", "events"}
 DERIVED = {"candles"}  # managed by the candle builder, never compacted
@@ -74,7 +74,7 @@ def compact_partition(directory: Path, table: str, skipped: list[Skipped] | None
     sources = merge_sources([read_sources(f) for f in files])
     if sources:  # keep crash recovery's knowledge of what these rows already cover
         meta.update(sources_metadata(sources))
-    replace_partition_files(directory, merged.replace_schema_metadata(meta), files)
+    replace_partition_files(directory, merged.replace_schema_metadata(meta), files, COMPACT_ZSTD_LEVEL)
     return len(files), merged.num_rows
 
 

@@ -27,6 +27,13 @@ from recorder.storage.layout import is_temp, partition_dir, run_id, run_of, temp
 
 DAY_US = 86_400_000_000
 ROW_GROUP_SIZE = 1_000_000
+# Physical encodings only (the schemas are the contract's). Timestamps and sequence numbers rise
+# almost monotonically and repeat within a message: DELTA_BINARY_PACKED stores them in a few bits and
+# costs less CPU than dictionary + zstd on the live flush. Floats stay PLAIN (BYTE_STREAM_SPLIT was
+# larger on tick-grid prices). Live files use zstd 3; `compact` rewrites with COMPACT_ZSTD_LEVEL.
+DELTA_COLUMNS = ("ts", "recv_ts", "seq", "open_time")
+ZSTD_LEVEL = 3
+COMPACT_ZSTD_LEVEL = 9
 MARKER_PREFIX = ".replace-"
 # Bytes of Python objects one buffered row of each table holds, until a written batch of that table
 # has been measured (`row_bytes`); deliberately on the high side.
@@ -86,21 +93,24 @@ def _date_str(day: int) -> str:
     return pa.scalar(day, pa.int32()).cast(pa.date32()).as_py().isoformat()
 
 
-def write_parquet_atomic(tbl: pa.Table, final: Path) -> Path:
+def writer_options(columns: list[str], zstd_level: int = ZSTD_LEVEL) -> dict:
+    """`pq.write_table` options for a table with `columns` (benchmarks/bench_disk.py measures them)."""
+    return {
+        "compression": "zstd",
+        "compression_level": zstd_level,
+        "use_dictionary": [c for c in DICTIONARY_COLUMNS if c in columns],
+        "column_encoding": {c: "DELTA_BINARY_PACKED" for c in DELTA_COLUMNS if c in columns},
+        "row_group_size": ROW_GROUP_SIZE,
+    }
+
+
+def write_parquet_atomic(tbl: pa.Table, final: Path, zstd_level: int = ZSTD_LEVEL) -> Path:
     """Write `tbl` to `final` so that no reader ever sees a partial file under that name."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
-    dictionary = [c for c in DICTIONARY_COLUMNS if c in tbl.column_names]
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(
-                tbl,
-                fh,
-                compression="zstd",
-                compression_level=3,
-                use_dictionary=dictionary,
-                row_group_size=ROW_GROUP_SIZE,
-            )
+            pq.write_table(tbl, fh, **writer_options(tbl.column_names, zstd_level))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -121,7 +131,9 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def replace_partition_files(directory: Path, tbl: pa.Table, old: list[Path]) -> Path | None:
+def replace_partition_files(
+    directory: Path, tbl: pa.Table, old: list[Path], zstd_level: int = ZSTD_LEVEL
+) -> Path | None:
     """Publish `tbl` as one new file in `directory` and remove `old`, crash-safely.
 
     A marker naming the new file and the old ones is written first; `recover()` finishes or rolls
@@ -135,7 +147,7 @@ def replace_partition_files(directory: Path, tbl: pa.Table, old: list[Path]) -> 
     marker.write_bytes(orjson.dumps(payload))
     _fsync_dir(directory)
     if tbl.num_rows:
-        write_parquet_atomic(tbl, final)
+        write_parquet_atomic(tbl, final, zstd_level)
     for p in old:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
