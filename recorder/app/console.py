@@ -26,7 +26,7 @@ from rich.text import Text
 
 from recorder import output
 from recorder.errors import RecorderError
-from recorder.model import ERROR, Cause
+from recorder.model import BOOK, ERROR, Cause
 
 if TYPE_CHECKING:
     from recorder.collector import Collector
@@ -128,7 +128,7 @@ class StreamStatus:
     gaps: int = 0  # sequence gaps and crossed books
     trades: int = 0
     seq: int | None = None
-    top: str = "-"
+    book: object = field(default=None, repr=False)  # the stream's BookSync: top of book for shown rows only
 
 
 @dataclass
@@ -205,6 +205,7 @@ class _Seen:
     msg_s: float | None = None
     lag: tuple[float | None, float | None] = (None, None)
     refused: bool = False
+    events: int = 0
 
 
 class Monitor:
@@ -232,6 +233,7 @@ class Monitor:
         self.last = now
         silent_after = max(c.options.silence_timeout, 2 * dt)
         topics: dict[str, list] = {}
+        up = {x.index: x.ws is not None and not x.ws.closed for x in c.connections}
         for x in c.connections:
             for tp in x.topics:
                 topics.setdefault(tp.stream.user, []).append((x, tp))
@@ -257,9 +259,8 @@ class Monitor:
             self._scan_events(s, seen)
             st = StreamStatus(sym, msg_s=seen.msg_s, gaps=s.book.gaps, trades=s.trade_count, seq=s.book.seq)
             st.lag_p50, st.lag_p99 = seen.lag
-            st.state = self._state(s, topics.get(sym, []), sym in delisted, seen, now - seen.changed_at > silent_after)
-            if s.book.valid:
-                st.top = f"{s.book.book.best_bid()} / {s.book.book.best_ask()}"
+            st.state = self._state(s, topics.get(sym, []), sym in delisted, seen, now - seen.changed_at > silent_after, up)
+            st.book = s.book
             rows.append(st)
         rows.sort(key=_badness)
         out = Status(c.exchange, now - self.start, rows)
@@ -309,21 +310,30 @@ class Monitor:
     def _scan_events(s: Stream, seen: _Seen) -> None:
         """A refusal leaves an `error` event (cause `refused`) and the topic unacknowledged; any
         later event of the stream (an ack, a snapshot) ends that state."""
-        for row in s.events[-8:]:
+        n = len(s.events)
+        if n == seen.events:
+            return
+        new = n - seen.events if n > seen.events else n
+        seen.events = n
+        for row in s.events[-min(new, 8):]:
             if row[3] == ERROR and row[5] == Cause.REFUSED:
                 seen.refused = True
             elif row[3] != ERROR:
                 seen.refused = False
 
     @staticmethod
-    def _state(s: Stream, topics: list, delisted: bool, seen: _Seen, quiet: bool) -> str:
+    def _state(s: Stream, topics: list, delisted: bool, seen: _Seen, quiet: bool, up: dict) -> str:
         if delisted:
             return "delisted"
-        if any(x.ws is None or x.ws.closed for x, _ in topics):
-            return "down" if any(x.reconnects for x, _ in topics) else "connecting"
-        if not all(tp.acked for _, tp in topics):
+        acked, book = True, False
+        for x, tp in topics:
+            if not up[x.index]:
+                return "down" if x.reconnects else "connecting"
+            acked = acked and tp.acked
+            book = book or tp.channel == BOOK
+        if not acked:
             return "refused" if seen.refused else "subscribing"
-        if any(tp.channel == "book" for _, tp in topics) and not s.book.valid:
+        if book and not s.book.valid:
             return "resyncing" if s.book.snapshots else "syncing"
         return "silent" if quiet else "live"
 
@@ -373,6 +383,12 @@ def _rate(x: float | None) -> str:
     return "-" if x is None else f"{x:,.1f}" if x < 10 else f"{x:,.0f}"
 
 
+def _top(sync) -> str:
+    if sync is None or not sync.valid:
+        return "-"
+    return f"{sync.book.best_bid()} / {sync.book.best_ask()}"
+
+
 def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
@@ -397,7 +413,7 @@ def table(st: Status, rows: int = STATUS_ROWS) -> Group:
     for s in shown:
         style = "" if s.state == "live" else "yellow"
         t.add_row(s.symbol, Text(s.state, style=style), _rate(s.msg_s), _ms(s.lag_p50), _ms(s.lag_p99),
-                  f"{s.gaps:,}", f"{s.trades:,}", str(s.seq or "-"), s.top)
+                  f"{s.gaps:,}", f"{s.trades:,}", str(s.seq or "-"), _top(s.book))
     if len(st.streams) > len(shown):
         rest = Counter(s.state for s in st.streams[len(shown):])
         t.add_row(f"... {len(st.streams) - len(shown):,} more", _states(rest), "", "", "", "", "", "", "")
@@ -458,10 +474,15 @@ async def status_lines(printer: Printer, monitors: list[Monitor], interval: floa
             printer.print(line(st), fields=st.fields())
 
 
-async def live_table(live, monitors: list[Monitor], period: float = 0.5) -> None:
-    """Refresh a rich `Live` with every collector's table (until cancelled)."""
+async def live_table(live, monitors: list[Monitor], period: float = 0.5, share: float = 0.05) -> None:
+    """Refresh a rich `Live` (made with auto_refresh=False) with every collector's table until
+    cancelled: every `period` s, or less often when a refresh costs more than `share` of the time
+    (thousands of markets on a busy machine): the display never takes the recorder's CPU."""
+    wait = period
     while True:
-        await asyncio.sleep(period)
+        await asyncio.sleep(wait)
         if any(m.c.stopping.is_set() for m in monitors):  # keep the last frame from before the stop
             continue
-        live.update(Group(*(table(m.sample()) for m in monitors)))
+        t0 = time.perf_counter()
+        live.update(Group(*(table(m.sample()) for m in monitors)), refresh=True)
+        wait = max(period, (time.perf_counter() - t0) / share)
