@@ -154,7 +154,7 @@ async def _with_status(console: Printer, collectors: list[Collector], status: bo
     monitors = [Monitor(c) for c in collectors]
     if show:
         first = Group(*(table(m.sample()) for m in monitors))
-        with Live(first, console=console.rich, refresh_per_second=2) as live:
+        with Live(first, console=console.rich, auto_refresh=False) as live:  # live_table refreshes it
             updater = asyncio.create_task(live_table(live, monitors))
             try:
                 await run
