@@ -178,3 +178,27 @@ async def test_market_going_quiet_is_not_a_dead_socket(tmp_path):
         await quiet.stop()
     assert_book_matches_truth(tmp_path, quiet)
     assert_every_sent_trade_once(tmp_path, quiet)
+
+
+async def test_a_book_that_gaps_after_every_snapshot_backs_off(tmp_path, sim):
+    """A gap right after each snapshot, for 8 s: without a back-off the recorder would resync many
+    times a second (the simulator pushes every few ms); with it, four at once, then 1, 2, 4 s apart.
+    Afterwards the book heals and is exact."""
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
+    task = await start(c)
+    await wait_for(lambda: books_valid(c), 10, "first snapshots")
+    s = c.streams["BTC-USDT"]
+    start_snaps, start_gaps = s.book.snapshots, s.book.gaps
+    deadline = asyncio.get_running_loop().time() + 8.0
+    while asyncio.get_running_loop().time() < deadline:
+        if s.book.valid:
+            seen = s.book.gaps
+            sim.skip_version("BTC_USDT")
+            await wait_for(lambda seen=seen: s.book.gaps > seen, 5, "the gap")
+        await asyncio.sleep(0.005)
+    snaps, gaps = s.book.snapshots - start_snaps, s.book.gaps - start_gaps
+    assert gaps >= 6, f"only {gaps} gaps: the fault did not bite"
+    assert snaps <= 8, f"{snaps} resyncs in 8 s: no back-off"
+    await wait_for(lambda: books_valid(c), 20, "the book after the back-off")
+    await finish(c, sim, task)
+    assert_book_matches_truth(tmp_path, sim)
