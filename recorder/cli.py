@@ -212,6 +212,7 @@ def compact(
     table: list[str] = typer.Option([], "--table", help="only these tables (repeatable)"),
     date: str | None = typer.Option(None, "--date", help="only this UTC date (YYYY-MM-DD)"),
     include_today: bool = typer.Option(False, "--include-today", help="also compact today's (unfinished) date"),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per stderr line"),
 ) -> None:
     """Merge a finished date's small files into one file per partition (row groups of up to 1M rows).
 
@@ -220,9 +221,12 @@ def compact(
     from recorder.storage.compact import compact_data_dir
 
     def go() -> None:
+        from recorder.app import console
         from recorder.lake import check_data_dir
         from recorder.storage.objectstore import parse_s3
 
+        console.configure(log_format)
+        out = console.Printer()
         day = checks.utc_date(date)
         if (url := parse_s3(data_dir)) is not None:  # a bucket: merged in a temp dir, replaced by marker
             from recorder.storage.remote import compact_bucket
@@ -231,9 +235,12 @@ def compact(
         else:
             check_data_dir(data_dir)
             res = compact_data_dir(data_dir, tables=table or None, date=day, include_today=include_today)
-        err.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows")
+        out.print(f"compacted {res.partitions} partitions: {res.files_in} files -> {res.files_out}, {res.rows} rows",
+                  fields={"partitions": res.partitions, "files_in": res.files_in, "files_out": res.files_out,
+                          "rows": res.rows})
         for s in res.skipped:  # left in place: one greppable line each
-            err.print(f"warning: left alone {s.path}: {s.reason}", highlight=False, soft_wrap=True)
+            out.print(f"warning: left alone {s.path}: {s.reason}", level="warning",
+                      fields={"path": s.path, "reason": s.reason})
 
     run_guarded(go)
 
@@ -242,6 +249,7 @@ def compact(
 def replay(
     raw: list[Path] = typer.Argument(..., help="raw log files or directories (e.g. data/raw)"),
     data_dir: Path = typer.Option(..., "--data-dir", help="where the re-derived tables go"),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per stderr line"),
 ) -> None:
     """Re-derive every table from raw logs, through the same code path as live recording.
 
@@ -252,18 +260,22 @@ def replay(
     from recorder.replay import replay as replay_logs
 
     def go() -> None:
+        from recorder.app import console
+
+        console.configure(log_format)
+        out = console.Printer()
         missing = [str(p) for p in raw if not p.exists()]
         if missing:
             fail(f"no such raw log: {', '.join(missing)}")
-        with Progress(console=err, transient=True) as bar:
+        with Progress(console=err, transient=True, disable=console.json_logs()) as bar:
             task = bar.add_task("replaying", total=None)
             res = replay_logs(raw, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total))
         for why in res.skipped:
-            err.print(f"skipped {why}", highlight=False)
-        err.print(
+            out.print(f"skipped {why}", level="warning")
+        out.print(
             f"replayed {res.files} raw log file(s), {res.records:,} records -> {res.rows:,} new rows in {data_dir} "
             "(rows already there are not written again)",
-            highlight=False,
+            fields={"files": res.files, "records": res.records, "rows": res.rows, "data_dir": data_dir},
         )
 
     run_guarded(go)

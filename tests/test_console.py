@@ -149,6 +149,23 @@ def test_json_logs_errors_are_one_json_line(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: --log-format must be text or json"), bad.stderr
 
 
+def test_json_logs_of_compact_and_replay(tmp_path):
+    rec = run("run", "bitmart", "BTC-USDT", "--sim", "--duration", "2", "-q", "--flush-interval", "0.5",
+              "--data-dir", "data", cwd=tmp_path)
+    assert rec.returncode == 0, rec.stderr
+    c = run("compact", "--data-dir", "data", "--include-today", "--log-format", "json", cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    [done] = [d for d in _json_lines(c.stderr) if d["msg"].startswith("compacted ")]
+    assert done["level"] == "info" and done["rows"] > 0 and done["files_in"] > done["files_out"] >= 1, done
+    r = run("replay", "data/raw", "--data-dir", "again", "--log-format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    [done] = [d for d in _json_lines(r.stderr) if d["msg"].startswith("replayed ")]
+    assert done["rows"] > 0 and done["files"] >= 1, done
+    missing = run("replay", "nowhere", "--data-dir", "again", "--log-format", "json", cwd=tmp_path)
+    [err] = _json_lines(missing.stderr)
+    assert missing.returncode == 2 and err["level"] == "error" and "nowhere" in err["msg"], missing.stderr
+
+
 async def test_live_table_shows_the_aggregate_and_the_worst_streams():
     """Past `STATUS_ROWS` markets the live table is an aggregate row, the worst streams (here the
     two whose book had a real sequence gap rank first) and a count of the rest."""
