@@ -237,7 +237,7 @@ class Monitor:
         for x in c.connections:
             for tp in x.topics:
                 topics.setdefault(tp.stream.user, []).append((x, tp))
-        delisted = getattr(c, "_delisted", {})
+        delisted = getattr(c, "_delisted", {})  # the collector's record of markets no longer listed
         per = max(4, min(SAMPLE, SAMPLE_BUDGET // max(1, len(c.streams))))
         all_lags: list[float] = []
         rows: list[StreamStatus] = []
