@@ -98,6 +98,13 @@ def run(
     status_interval: float = typer.Option(
         10.0, "--status-interval", help="off a terminal (or with --log-format json): one status line this often (s)"
     ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="serve Prometheus /metrics and /healthz on this port (0: a free one, printed)"
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="with --metrics-port: listen address"),
+    metrics_per_symbol: bool = typer.Option(
+        False, "--metrics-per-symbol", help="with --metrics-port: a symbol label on per-market series"
+    ),
 ) -> None:
     """Record trades and the exact order book of SYMBOLS (or --all markets) on EXCHANGE.
 
@@ -105,6 +112,7 @@ def run(
     anywhere else, one plain status line per --status-interval."""
     from recorder.app.record import record
     from recorder.collector import Options
+    from recorder.metrics import MetricsConfig
     from recorder.shards import parse_shard
 
     def go() -> None:
@@ -119,6 +127,9 @@ def run(
         if sim_symbols < 0:
             fail(f"--sim-symbols must be 0 (the default set) or more, not {sim_symbols}")
         sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            fail(f"--metrics-port must be 0 (a free port) to 65535, not {metrics_port}")
+        metrics = MetricsConfig(metrics_port, metrics_host, metrics_per_symbol) if metrics_port is not None else None
         if sim_options is not None and sim_symbols:
             sim_options["symbols"] = sim_symbols
         if config is not None:
@@ -131,7 +142,7 @@ def run(
             base = Options(data_dir=data_dir, duration=duration, flush_interval=flush_interval, raw=raw,
                            market_refresh=market_refresh)
             plans = config_file.load(config, base, parse_shard(shard) if shard is not None else None)
-            asyncio.run(record_many(plans, sim=sim_options, status=not quiet))
+            asyncio.run(record_many(plans, sim=sim_options, status=not quiet, metrics=metrics))
             return
         if exchange is None:
             fail("give EXCHANGE and SYMBOLs (or --all), or --config FILE")
@@ -150,7 +161,8 @@ def run(
             flush_interval=flush_interval,
             raw=raw,
         )
-        asyncio.run(record(exchange, list(symbols or []), opts, sim=sim_options, status=not quiet, spool=spool, s3_endpoint=s3_endpoint))
+        asyncio.run(record(exchange, list(symbols or []), opts, sim=sim_options, status=not quiet, spool=spool, s3_endpoint=s3_endpoint,
+                           metrics=metrics))
 
     run_guarded(go)
 

@@ -129,6 +129,8 @@ class Collector:
         self._inflight: asyncio.Future | None = None
         self._stream_locks: list[tuple[Path, int]] = []  # held for the process lifetime
         self._last_disk_warning = -1e9
+        self.disk_refusing_since: float | None = None  # monotonic; cleared by the next table write that lands
+        self.disk_pauses = 0  # episodes of a disk refusing writes (`recorder.metrics`)
         self.subscribed_in: float | None = None  # seconds from run() to every topic acknowledged
         self._delisted: dict[str, Connection] = {}  # delisted market -> the connection that held it
 
@@ -425,6 +427,8 @@ class Collector:
 
     def _disk_trouble(self, message: str) -> None:
         self.write_errors.append(message)
+        if self.disk_refusing_since is None:
+            self.disk_refusing_since, self.disk_pauses = time.monotonic(), self.disk_pauses + 1
         now = time.monotonic()
         if now - self._last_disk_warning > 10:
             self._last_disk_warning = now
@@ -469,6 +473,8 @@ class Collector:
         written = await asyncio.shield(self._inflight)
         if written is None:
             self._shed_rows()
+        else:
+            self.disk_refusing_since = None
         return written
 
     def unwritten(self) -> Unwritten:

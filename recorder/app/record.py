@@ -17,6 +17,7 @@ from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.collector import Collector, Options, Unwritten
 from recorder.errors import RecorderError
+from recorder.metrics import Exporter, MetricsConfig, serve_metrics
 from recorder.recovery import recover_data_dir
 from recorder.storage.checkpoint import RunLock
 from recorder.storage.layout import check_writable
@@ -32,6 +33,7 @@ async def record(
     signals: bool = True,
     spool: Path | None = None,
     s3_endpoint: str | None = None,
+    metrics: MetricsConfig | None = None,
 ) -> Collector:
     """Record until SIGINT/SIGTERM or `opts.duration`; returns the finished collector.
 
@@ -42,6 +44,7 @@ async def record(
     An `s3://bucket/prefix` data dir records into a local spool (`spool`, default
     `~/.cache/recorder/spool/<bucket>/<prefix>`) whose finished files are published to the bucket
     (`recorder.storage.objectstore`); the bucket is checked before anything starts.
+    `metrics` serves /metrics and /healthz while recording (`recorder.metrics`).
     """
     shipper = None
     url = parse_s3(opts.data_dir)
@@ -54,9 +57,11 @@ async def record(
         opts.ws_url = opts.ws_url or simulator.ws_url
         opts.rest_url = opts.rest_url or simulator.rest_url
     restore_signals = None
+    exporter: Exporter | None = None
     try:
         console = Printer()  # lines on stderr, whole (or JSON lines: --log-format json)
         collector = Collector(exchange, symbols, opts)
+        exporter = await serve_metrics(metrics, [collector], shipper, lambda s: console.print(s, highlight=False))
         if opts.data_dir is not None:
             await _check_and_recover(opts.data_dir, console)
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
@@ -83,6 +88,8 @@ async def record(
             raise RecorderError(unwritten_message(left, opts.data_dir, collector.write_errors[-1]))
         return collector
     finally:
+        if exporter is not None:
+            await exporter.stop()
         if restore_signals is not None:
             restore_signals()
         if simulator is not None:
@@ -91,7 +98,9 @@ async def record(
             await asyncio.to_thread(shipper.close)
 
 
-async def record_many(plans: list, sim: dict | bool | None = None, status: bool = True) -> list[Collector]:
+async def record_many(
+    plans: list, sim: dict | bool | None = None, status: bool = True, metrics: MetricsConfig | None = None
+) -> list[Collector]:
     """`recorder run --config`: one Collector per plan (`recorder.config.Plan`), sharing nothing but
     the data dir (checked and recovered once), the signal handling and the status display; all stop
     together (SIGINT/SIGTERM or the duration)."""
@@ -105,6 +114,7 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
     simulators, collectors, prepared = [], [], []
     lock = None
     restore_signals = None
+    exporter: Exporter | None = None
     try:
         for p in plans:
             if sim:
@@ -112,6 +122,7 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
                 p.options.ws_url = p.options.ws_url or simulators[-1].ws_url
                 p.options.rest_url = p.options.rest_url or simulators[-1].rest_url
             collectors.append(Collector(p.exchange, p.symbols, p.options))
+        exporter = await serve_metrics(metrics, collectors, None, lambda s: console.print(s, highlight=False))
         await _check_and_recover(data_dir, console)
         lock = RunLock(data_dir)  # one run (one process): its raw logs are told apart by exchange
         for c in collectors:
@@ -136,6 +147,8 @@ async def record_many(plans: list, sim: dict | bool | None = None, status: bool 
                 raise RecorderError(unwritten_message(left, data_dir, c.write_errors[-1]))
         return collectors
     finally:
+        if exporter is not None:
+            await exporter.stop()
         for c in prepared:  # a later one failed to start: stop those already prepared, cleanly
             c.stop()
             await c.run()

@@ -45,6 +45,7 @@ class Stream:
         self.recent_ids: set[str] = set()
         self.recent_id_order: deque[str] = deque()
         self.duplicates_dropped = 0
+        self.event_counts: Counter[tuple[str, str]] = Counter()  # (channel, event): rows, for the metrics
         self.trade_count = 0
         # In-process consumers (the live candles feed): called with each batch of accepted trade
         # rows (ts, recv_ts, trade_id, side, price, amount) and each event row, after buffering.
@@ -55,6 +56,7 @@ class Stream:
         t = ts if ts is not None else now_us()
         row = EventRow(t, t, channel, event, detail, cause if cause is not None else DEFAULT_CAUSE.get(event))
         self.events.append(row)
+        self.event_counts[channel, event] += 1
         for fn in self.event_listeners:
             fn(self, row)
 

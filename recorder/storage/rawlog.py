@@ -108,6 +108,7 @@ class RawLog:
         self._part_start_us = 0
         self._opened = 0.0
         self._raw_bytes = 0
+        self.bytes_written = 0
         self._last_fsync = 0.0
         self.paths: list[Path] = []
 
@@ -226,6 +227,7 @@ class RawLog:
                 self._reserved_end = self._size  # truncating freed the reserve too: top it up later
                 raise
             self._size += len(frame)
+            self.bytes_written += len(frame)  # all parts (metrics)
             self._reserve()
             self._raw_bytes += len(self._buf)
             self._buf = bytearray()

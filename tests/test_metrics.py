@@ -1,0 +1,272 @@
+"""Prometheus metrics and /healthz, scraped over HTTP from a real recorder recording the simulator
+over real sockets: the counts equal what the Parquet tables, the events and the raw logs hold after
+injected gaps and a forced disconnect; /healthz turns 503 when the simulator goes silent (and when
+the disk refuses writes) and 200 again when it recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recorder import connect
+from recorder.collector import Collector
+from recorder.errors import RecorderError
+from recorder.metrics import Exporter
+from recorder.storage.rawlog import BADFRAME, FRAME, read_records
+
+from .processes import RECORDER
+from .recording import (
+    SYMBOLS,
+    books_valid,
+    finish,
+    options,
+    record_trades,
+    settle,
+    start,
+    wait_for,
+)
+from .test_disk_full import fill, small_disk  # noqa: F401 (a fixture: a real small tmpfs)
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+async def scrape(port: int) -> Samples:
+    """GET /metrics, parsed by prometheus_client's own parser: (sample name, labels, value)."""
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    return [(x.name, x.labels, x.value) for fam in text_string_to_metric_families(text) for x in fam.samples]
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
+    return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == w for k, w in labels.items()))
+
+
+def has_sample(samples: Samples, name: str) -> bool:
+    return any(n == name for n, _, _ in samples)
+
+
+async def healthz(port: int) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+        return r.status, await r.json()
+
+
+async def wait_health(port: int, status: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got, body = await healthz(port)
+        if got == status:
+            return body
+        assert time.monotonic() < deadline, f"/healthz stayed {got} ({body}), expected {status}"
+        await asyncio.sleep(0.1)
+
+
+def raw_frames(data: Path) -> int:
+    """Frames the raw logs hold (each received frame is one record, readable or not)."""
+    return sum(1 for p in (data / "raw").rglob("*.zst") for _, kind, _ in read_records(p) if kind in (FRAME, BADFRAME))
+
+
+def flushed(c: Collector) -> bool:
+    """No trade or book row in memory, and no write of them still in flight."""
+    idle = c._inflight is None or c._inflight.done()
+    return idle and not any(s.trades or s.book.rows for s in c.streams.values())
+
+
+async def test_scraped_counts_equal_what_was_stored(tmp_path, sim):
+    """Two gaps and a disconnect, then the counters of a mid-run scrape (market paused, everything
+    flushed) against the tables, and a scrape after the stop against the raw logs and files. One
+    exporter sums over markets (the default), one has a symbol label: they agree."""
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
+    agg, per = Exporter([c]), Exporter([c], per_symbol=True)
+    port, port_per = await agg.start(port=0), await per.start(port=0)
+    task = await start(c)
+    try:
+        await wait_for(lambda: books_valid(c), 10, "first snapshots")
+        await record_trades(sim, 100)
+        for wire, user in (("BTC_USDT", "BTC-USDT"), ("ETH_USDT", "ETH-USDT")):
+            gaps = c.streams[user].book.gaps
+            sim.skip_version(wire)
+            await wait_for(lambda u=user, g=gaps: c.streams[u].book.gaps > g and books_valid(c), 15, "gap + resync")
+        sim.drop_connections()
+        await wait_for(lambda: sum(x.reconnects for x in c.connections) == 1 and books_valid(c), 20, "reconnect")
+        await record_trades(sim, 100)
+        await settle(c, sim)  # market paused, recorder caught up (heartbeats still flow)
+        await wait_for(lambda: flushed(c), 10, "a flush of every trade and book row")
+        mid, mid_per = await scrape(port), await scrape(port_per)
+        c.stop()
+        await asyncio.wait_for(task, 20)
+        end = await scrape(port)
+    finally:
+        c.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await agg.stop()
+        await per.stop()
+
+    con = connect(tmp_path)
+
+    def events(event: str, symbol: str | None = None) -> int:
+        q = "select count(*) from events where event = ?" + (" and symbol = ?" if symbol else "")
+        return con.execute(q, [event, symbol] if symbol else [event]).fetchone()[0]
+
+    def rows(table: str, symbol: str | None = None) -> int:
+        q = f"select count(*) from {table}" + (" where symbol = ?" if symbol else "")
+        return con.execute(q, [symbol] if symbol else []).fetchone()[0]
+
+    assert value(mid, "recorder_gaps_total", channel="book") == events("gap") == 2
+    assert value(mid, "recorder_resyncs_total") == events("resync") >= 6  # 2 first books, 2 gaps, 2 after reconnect
+    assert value(mid, "recorder_errors_total") == events("error")
+    assert value(mid, "recorder_stream_disconnects_total") == events("disconnect") == 4  # 2 markets x 2 channels
+    assert value(mid, "recorder_reconnects_total", exchange="bitmart", connection="0") == 1
+    assert value(mid, "recorder_trades_total") == rows("trades") >= 400
+    assert value(mid, "recorder_rows_written_total", table="trades") == rows("trades")
+    assert value(mid, "recorder_rows_written_total", table="book_updates") == rows("book_updates") > 0
+    assert value(mid, "recorder_buffered_rows", table="trades") == 0
+    assert value(mid, "recorder_books_valid") == 2 and value(mid, "recorder_healthy") == 1
+    for user in SYMBOLS:
+        assert value(mid_per, "recorder_gaps_total", symbol=user, channel="book") == events("gap", user) == 1
+        assert value(mid_per, "recorder_trades_total", symbol=user) == rows("trades", user)
+        assert value(mid_per, "recorder_rows_written_total", symbol=user, table="book_updates") == rows(
+            "book_updates", user)
+    for name in ("recorder_gaps_total", "recorder_resyncs_total", "recorder_trades_total", "recorder_rows_written_total"):
+        assert value(mid_per, name) == value(mid, name), name
+    assert not any("symbol" in lab for _, lab, _ in mid)  # the default: no per-market series
+
+    # exchange-to-receive lag: sampled, every sample within the histogram, on localhost well under 1 s
+    for channel in ("trades", "book"):
+        n = value(mid, "recorder_receive_lag_seconds_count", channel=channel)
+        assert n > 0
+        assert value(mid, "recorder_receive_lag_seconds_bucket", channel=channel, le="+Inf") == n
+        assert value(mid, "recorder_receive_lag_seconds_bucket", channel=channel, le="1") == n
+        assert 0 <= value(mid, "recorder_receive_lag_seconds_sum", channel=channel) < n
+
+    # after the stop: every frame received is one raw-log record; bytes and files are those on disk
+    assert 0 < value(mid, "recorder_messages_total") <= value(end, "recorder_messages_total") == raw_frames(tmp_path)
+    logs = list((tmp_path / "raw").rglob("*.zst"))
+    assert value(end, "recorder_raw_log_bytes_total") == sum(p.stat().st_size for p in logs) > 0
+    assert value(end, "recorder_files_written_total") == len(list(tmp_path.rglob("*.parquet")))
+    assert value(end, "process_resident_memory_bytes") > 10e6 and has_sample(end, "process_cpu_seconds_total")
+
+
+async def test_healthz_flips_when_the_simulator_goes_silent_and_back(tmp_path, sim):
+    c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
+    exporter = Exporter([c])
+    port = await exporter.start(port=0)
+    task = await start(c)
+    try:
+        await wait_for(lambda: books_valid(c), 10, "first snapshots")
+        await record_trades(sim, 100)  # the watcher learns a busy stream: a short silence limit
+        body = await wait_health(port, 200, 10)
+        assert body["status"] == "ok" and body["streams"] == 2
+        limit = value(await scrape(port), "recorder_silence_limit_seconds")
+        assert 0 < limit < 5
+
+        sim.go_dead(new_connections=True)  # no frames, no pongs, also on the sockets it accepts next
+        assert (await healthz(port))[0] == 200  # silent for less than its limit: still healthy
+        went = time.monotonic()
+        body = await wait_health(port, 503, 15)
+        assert time.monotonic() - went >= limit - 0.3  # not before its own limit (to a watcher tick)
+        assert body["status"] == "unhealthy" and "no data for" in body["why"][0]
+        assert "BTC-USDT" in body["why"][0] and "ETH-USDT" in body["why"][0]
+        m = await scrape(port)
+        assert value(m, "recorder_healthy") == 0 and value(m, "recorder_health_problems") >= 1
+        await wait_for(lambda: sum(x.reconnects for x in c.connections) >= 1, 20, "the collector's own verdict")
+        assert (await healthz(port))[0] == 503
+
+        sim.revive()
+        body = await wait_health(port, 200, 30)
+        assert body["why"] == []
+        await wait_for(lambda: books_valid(c), 10, "books after the recovery")
+        await finish(c, sim, task)
+    finally:
+        c.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await exporter.stop()
+    ev = connect(tmp_path).execute("select count(*) from events where event = 'error' and detail like 'stale stream%'")
+    assert ev.fetchone()[0] >= 2  # the collector saw the same silence (both markets)
+
+
+async def test_healthz_turns_503_while_the_disk_refuses_writes(tmp_path, sim, small_disk):  # noqa: F811
+    """The tables' disk full for real (a small tmpfs): 503 and a disk-full pause while Parquet writes
+    fail, 200 again once a write lands."""
+    data = tmp_path / "data"
+    disk = small_disk("data/trades")
+    c = Collector("bitmart", list(SYMBOLS), options(data, sim))
+    exporter = Exporter([c])
+    port = await exporter.start(port=0)
+    task = await start(c)
+    try:
+        await wait_for(lambda: books_valid(c), 10, "first snapshots")
+        await wait_health(port, 200, 10)
+        ballast = fill(disk)
+        body = await wait_health(port, 503, 15)
+        assert any("disk refusing writes" in w for w in body["why"]), body
+        m = await scrape(port)
+        assert value(m, "recorder_disk_refusing_writes") == 1 and value(m, "recorder_disk_full_pauses_total") == 1
+        ballast.unlink()
+        await wait_health(port, 200, 15)
+        m = await scrape(port)
+        assert value(m, "recorder_disk_refusing_writes") == 0 and value(m, "recorder_disk_full_pauses_total") == 1
+        await finish(c, sim, task)
+    finally:
+        c.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await exporter.stop()
+    assert c.sink.pending_rows() == 0
+
+
+async def test_run_metrics_port_serves_while_recording(tmp_path, sim):
+    """`recorder run --metrics-port 0` prints the port it took; /metrics and /healthz answer there
+    during the run; a bad port is one clear line."""
+    proc = await asyncio.create_subprocess_exec(
+        RECORDER, "run", "bitmart", *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
+        "--data-dir", str(tmp_path), "--duration", "6", "-q", "--metrics-port", "0",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None:
+            line = (await asyncio.wait_for(proc.stderr.readline(), max(0.1, deadline - time.monotonic()))).decode()
+            assert line, "recorder exited without printing its metrics port"
+            if m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line):
+                port = int(m[1])
+        deadline = time.monotonic() + 15
+        while value(m := await scrape(port), "recorder_messages_total") == 0:
+            assert time.monotonic() < deadline, "no frame counted"
+            await asyncio.sleep(0.1)
+        assert value(m, "recorder_markets", exchange="bitmart") == 2
+        await wait_health(port, 200, 10)
+        err = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0, err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    bad = await asyncio.create_subprocess_exec(
+        RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "--metrics-port", "70000", "--data-dir", str(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(bad.communicate(), 30)
+    assert bad.returncode != 0 and "--metrics-port must be 0 (a free port) to 65535" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+async def test_port_in_use_is_one_clear_error():
+    first = Exporter([])
+    port = await first.start(port=0)
+    try:
+        with pytest.raises(RecorderError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            await Exporter([]).start(port=port)
+        status, body = await healthz(port)
+        assert status == 200 and body["streams"] == 0  # nothing subscribed: nothing silent
+    finally:
+        await first.stop()
