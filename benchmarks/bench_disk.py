@@ -96,7 +96,10 @@ def measure(root: Path, compacted: bool) -> dict:
             "columns_bytes_per_row": {k: round(v / rows, 2) for k, v in columns.items()},
         }
         if not compacted:
-            entry["encode_cpu_us_per_row"] = {"old": round(cpu_old / rows * 1e6, 3), "now": round(cpu_now / rows * 1e6, 3)}
+            entry["encode_cpu_us_per_row"] = {
+                "old": round(cpu_old / rows * 1e6, 3),
+                "now": round(cpu_now / rows * 1e6, 3),
+            }
         out[table] = entry
     return out
 
@@ -124,16 +127,36 @@ def describe(root: Path) -> dict:
             "rows_per_message": round(book[0] / max(1, book[3]), 2),
             "price_max_over_min_per_symbol": round(book[5], 3),
         },
-        "trades": {"rows": trades[0], "distinct_prices": trades[1], "distinct_amounts": trades[2],
-                   "distinct_ts": trades[3]},
+        "trades": {
+            "rows": trades[0],
+            "distinct_prices": trades[1],
+            "distinct_amounts": trades[2],
+            "distinct_ts": trades[3],
+        },
     }
 
 
 def record(data: Path, symbols: int, rate: float, seconds: float, flush: float) -> None:
     cmd = [
-        sys.executable, "-m", "recorder.cli", "run", "bitmart", "--all", "--sim",
-        "--sim-symbols", str(symbols), "--sim-rate", str(rate), "--duration", str(seconds),
-        "--flush-interval", str(flush), "--data-dir", str(data), "--no-raw", "-q",
+        sys.executable,
+        "-m",
+        "recorder.cli",
+        "run",
+        "bitmart",
+        "--all",
+        "--sim",
+        "--sim-symbols",
+        str(symbols),
+        "--sim-rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--flush-interval",
+        str(flush),
+        "--data-dir",
+        str(data),
+        "--no-raw",
+        "-q",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if proc.returncode != 0:
@@ -150,16 +173,20 @@ def compact(data: Path) -> float:
 
 
 def print_table(res: dict) -> None:
-    print(f"{'table':16}{'rows':>10}{'live B/row':>12}{'(old opts)':>12}{'compacted':>11}{'(old opts)':>12}"
-          f"{'live encode µs/row now/old':>30}")
+    print(
+        f"{'table':16}{'rows':>10}{'live B/row':>12}{'(old opts)':>12}{'compacted':>11}{'(old opts)':>12}"
+        f"{'live encode µs/row now/old':>30}"
+    )
     for table in TABLES:
         live, comp = res["live"].get(table), res["compacted"].get(table)
         if not live:
             continue
         cpu = live["encode_cpu_us_per_row"]
-        print(f"{table:16}{live['rows']:>10}{live['bytes_per_row']:>12}{live['old_options_bytes_per_row']:>12}"
-              f"{comp['bytes_per_row']:>11}{comp['old_options_bytes_per_row']:>12}"
-              f"{cpu['now']:>18} / {cpu['old']}")
+        print(
+            f"{table:16}{live['rows']:>10}{live['bytes_per_row']:>12}{live['old_options_bytes_per_row']:>12}"
+            f"{comp['bytes_per_row']:>11}{comp['old_options_bytes_per_row']:>12}"
+            f"{cpu['now']:>18} / {cpu['old']}"
+        )
     for table in ("book_updates", "trades"):
         cols = res["compacted"][table]["columns_bytes_per_row"]
         print(f"{table} compacted, per column: " + ", ".join(f"{k} {v}" for k, v in cols.items()))
@@ -180,9 +207,13 @@ def main() -> None:
             shutil.copytree(a.data_dir, data, ignore=shutil.ignore_patterns("raw"))
         else:
             record(data, a.symbols, a.rate, a.seconds, a.flush_interval)
-        res = {"source": str(a.data_dir) if a.data_dir else
-               f"--sim, {a.symbols} symbols, {a.rate:g} events/s, {a.seconds:g} s, flush every {a.flush_interval:g} s",
-               "live": measure(data, compacted=False), "data": describe(data)}
+        res = {
+            "source": str(a.data_dir)
+            if a.data_dir
+            else f"--sim, {a.symbols} symbols, {a.rate:g} events/s, {a.seconds:g} s, flush every {a.flush_interval:g} s",
+            "live": measure(data, compacted=False),
+            "data": describe(data),
+        }
         res["compact_seconds"] = round(compact(data), 2)
         res["compacted"] = measure(data, compacted=True)
         res["compact_zstd_level"] = COMPACT_ZSTD_LEVEL

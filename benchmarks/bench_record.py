@@ -37,7 +37,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).parent / "out"
 
@@ -79,16 +81,33 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
     users = names[:symbols]
     data = Path(tempfile.mkdtemp(prefix="bench-record-"))
     cmd = [
-        "taskset", "-c", "0", sys.executable, "-m", "recorder.cli", "run", exchange, *users,
-        "--ws-url", ws_url, "--rest-url", rest_url, "--data-dir", str(data), "-q",
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        "-m",
+        "recorder.cli",
+        "run",
+        exchange,
+        *users,
+        "--ws-url",
+        ws_url,
+        "--rest-url",
+        rest_url,
+        "--data-dir",
+        str(data),
+        "-q",
     ]
     if not raw:
         cmd.append("--no-raw")
     rec = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     spy = None
     if profile:  # sample the recorder with py-spy (collapsed stacks), e.g. to find hot spots
-        spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            ["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     last, still, started = -1, 0.0, time.monotonic()
     while True:  # wait until the simulator has sent the whole tape (data bytes stop moving)
         msg = _recv(parent, rec)
@@ -143,7 +162,9 @@ def measure(data: Path, sent: dict, usage, symbols: int, raw: bool, exchange: st
     trade_msgs, tt0, tt1 = con.execute(
         "select count(distinct (symbol, recv_ts)), min(recv_ts), max(recv_ts) from trades"
     ).fetchone()
-    gaps = con.execute("select count(*) from events where event in ('gap', 'error', 'disconnect')").fetchone()[0]
+    gaps = con.execute(
+        "select count(*) from events where event in ('gap', 'error', 'disconnect')"
+    ).fetchone()[0]
     start, end = min(t0, tt0), max(t1, tt1)
     seconds = (end - start).total_seconds()
     msgs = depth_msgs + trade_msgs
@@ -196,7 +217,7 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
     from bitmart.ccxt import __version__
     from bitmart.ccxt.pro.bitmart import bitmart
 
-    async def main() -> None:
+    async def connect() -> Any:
         ex = bitmart({"enableRateLimit": False})
         api = ex.urls["api"]
         api["spot"] = api["swap"] = rest_url  # every host: nothing may leave loopback
@@ -204,13 +225,24 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
             for access in ("public", "private"):
                 api["ws"][kind][access] = ws_url
         await ex.load_markets()
-        symbols = [ex.safe_symbol(i.replace("-", "_")) for i in ids]
-        st = {"depth": 0, "trade_frames": 0, "heartbeats": 0, "trade_items": 0, "trades_seen": 0,
-              "book_resolutions": 0, "errors": 0, "first": None, "last": None,
-              "versions": f"ccxt {__version__}, aiohttp {aiohttp.__version__}"}
-        handle = ex.handle_message
+        ex.handle_message = counting(ex.handle_message)
+        return ex
 
-        def counting(client, message):
+    st = {
+        "depth": 0,
+        "trade_frames": 0,
+        "heartbeats": 0,
+        "trade_items": 0,
+        "trades_seen": 0,
+        "book_resolutions": 0,
+        "errors": 0,
+        "first": None,
+        "last": None,
+        "versions": f"ccxt {__version__}, aiohttp {aiohttp.__version__}",
+    }
+
+    def counting(handle: Callable) -> Callable:
+        def counted(client: Any, message: Any) -> Any:
             table = message.get("table") if isinstance(message, dict) else None
             if table == "spot/trade":
                 message = {**message, "data": [{**i, "m": i["side"] == "sell"} for i in message["data"]]}
@@ -230,44 +262,59 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
             st["last"] = time.monotonic()
             return result
 
-        ex.handle_message = counting
+        return counted
 
-        async def books() -> None:
-            while True:
-                try:
-                    await ex.watch_order_book_for_symbols(symbols)
-                    st["book_resolutions"] += 1
-                except Exception:  # noqa: BLE001 - counted: the run goes on as a user's loop would
-                    st["errors"] += 1
-                    await asyncio.sleep(0.05)
+    async def books(ex: Any, symbols: list[str]) -> None:
+        while True:
+            try:
+                await ex.watch_order_book_for_symbols(symbols)
+                st["book_resolutions"] += 1
+            except Exception as exc:  # noqa: BLE001 - counted: the run goes on as a user's loop would
+                st["errors"] += 1
+                st["last_error"] = repr(exc)[:300]
+                await asyncio.sleep(0.05)
 
-        async def trades() -> None:
-            while True:
-                try:
-                    st["trades_seen"] += len(await ex.watch_trades_for_symbols(symbols))
-                except Exception:  # noqa: BLE001
-                    st["errors"] += 1
-                    await asyncio.sleep(0.05)
+    async def trades(ex: Any, symbols: list[str]) -> None:
+        while True:
+            try:
+                st["trades_seen"] += len(await ex.watch_trades_for_symbols(symbols))
+            except Exception as exc:  # noqa: BLE001
+                st["errors"] += 1
+                st["last_error"] = repr(exc)[:300]
+                await asyncio.sleep(0.05)
 
-        def report() -> None:  # a thread: ccxt drains a backlog in one long callback, the loop would stall
-            while not stop.is_set():
-                print(json.dumps(st), flush=True)
-                time.sleep(0.2)
+    def report(stop: threading.Event) -> None:
+        # a thread: ccxt drains a backlog in one long callback, during which the loop would stall
+        while not stop.is_set():
+            print(json.dumps(st), flush=True)
+            time.sleep(0.2)
 
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        tasks = [asyncio.create_task(books()), asyncio.create_task(trades())]
-        reporter = threading.Thread(target=report, daemon=True)
+    async def main() -> None:
+        # BitMart takes at most 115 topics per connection (the simulator too, error 90006) and ccxt
+        # opens one per client: one client per 50 symbols (as the recorder, two connections for 100);
+        # ccxt takes at most 20 symbols per watch_*_for_symbols call: one watcher per 20.
+        clients = [await connect() for _ in range(0, len(ids), 50)]
+        tasks = []
+        for n, ex in enumerate(clients):
+            symbols = [ex.safe_symbol(i.replace("-", "_")) for i in ids[n * 50 : (n + 1) * 50]]
+            for i in range(0, len(symbols), 20):
+                tasks += [asyncio.create_task(w(ex, symbols[i : i + 20])) for w in (books, trades)]
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        stop = threading.Event()
+        reporter = threading.Thread(target=report, args=(stop,), daemon=True)
         reporter.start()
         try:
-            await stop.wait()
+            await stopped.wait()
+            stop.set()
             reporter.join()
             print(json.dumps({**st, "final": True}), flush=True)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await ex.close()
+            for ex in clients:
+                await ex.close()
 
     asyncio.run(main())
 
@@ -276,8 +323,11 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     """(user+system CPU seconds, peak RSS MB) of a live process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
+    hwm = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     return cpu, hwm // 1024
 
 
@@ -360,6 +410,7 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
         "trades_seen_share": round(st["trades_seen"] / max(1, sent["trades"]), 3),
         "book_resolutions": st["book_resolutions"],
         "errors": st["errors"],
+        "last_error": st.get("last_error"),
         "cpu_s": round(cpu, 2),
         "cpu_us_per_msg": round(cpu / msgs * 1e6, 1),
         "peak_rss_mb": rss,
@@ -371,32 +422,46 @@ def load_average() -> str:
 
 
 def table(rec: dict, cc: dict | None) -> str:
-    rows = [("messages/s", "msg_per_s"), ("CPU µs per message", "cpu_us_per_msg"), ("seconds", "seconds"),
-            ("trades sent", "trades_sent"), ("peak RSS MB", "peak_rss_mb")]
+    rows = [
+        ("messages/s", "msg_per_s"),
+        ("CPU µs per message", "cpu_us_per_msg"),
+        ("seconds", "seconds"),
+        ("trades sent", "trades_sent"),
+        ("peak RSS MB", "peak_rss_mb"),
+    ]
     out = [f"{'':24}{'recorder':>12}{'ccxt.pro':>12}"]
     for label, key in rows:
         out.append(f"{label:24}{rec[key]:>12}{cc[key] if cc else '-':>12}")
     out.append(f"{'trades stored / seen':24}{rec['trades_stored']:>12}{cc['trades_seen'] if cc else '-':>12}")
     if cc and not cc["complete"]:
-        out.append(f"ccxt did NOT get the whole tape ({cc['trades_parsed']} of {cc['trades_sent']} trades reached "
-                   f"its handler; {cc['client']}): its reader stalled, the ccxt figures are not a rate")
+        out.append(
+            f"ccxt did NOT get the whole tape ({cc['trades_parsed']} of {cc['trades_sent']} trades reached "
+            f"its handler; {cc['client']}): its reader stalled, the ccxt figures are not a rate"
+        )
     if cc:
-        out.append(f"ratio recorder/ccxt: messages/s {rec['msg_per_s'] / cc['msg_per_s']:.2f}x, "
-                   f"CPU µs per message {rec['cpu_us_per_msg'] / cc['cpu_us_per_msg']:.2f} "
-                   f"(ccxt/recorder {cc['cpu_us_per_msg'] / rec['cpu_us_per_msg']:.2f}x)")
+        out.append(
+            f"ratio recorder/ccxt: messages/s {rec['msg_per_s'] / cc['msg_per_s']:.2f}x, "
+            f"CPU µs per message {rec['cpu_us_per_msg'] / cc['cpu_us_per_msg']:.2f} "
+            f"(ccxt/recorder {cc['cpu_us_per_msg'] / rec['cpu_us_per_msg']:.2f}x)"
+        )
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--exchange", default="bitmart", help="bitmart (deflated binary frames) or bitmart_perpetual (text)")
+    ap.add_argument(
+        "--exchange", default="bitmart", help="bitmart (deflated binary frames) or bitmart_perpetual (text)"
+    )
     ap.add_argument("--symbols", type=int, default=1)
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--no-raw", action="store_true", help="disable raw capture")
     ap.add_argument("--profile", metavar="PATH", help="record py-spy collapsed stacks of the recorder here")
     ap.add_argument("--no-ccxt", action="store_true", help="skip ccxt.pro's client on the same tape")
-    ap.add_argument("--ccxt-python", default=os.environ.get("BENCH_CCXT_PYTHON", sys.executable),
-                    help="interpreter that runs ccxt's client (a venv with aiohttp < 3.14: see the README)")
+    ap.add_argument(
+        "--ccxt-python",
+        default=os.environ.get("BENCH_CCXT_PYTHON", sys.executable),
+        help="interpreter that runs ccxt's client (a venv with aiohttp < 3.14: see the README)",
+    )
     ap.add_argument("--ccxt-client", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ccxt_client:
@@ -413,7 +478,9 @@ def main() -> None:
     res["load_average"] = {"before": load_before, "after": load_average()}
     OUT.mkdir(exist_ok=True)
     venue = "" if a.exchange == "bitmart" else f"-{a.exchange}"
-    (OUT / f"record{venue}-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(res, indent=2))
+    (OUT / f"record{venue}-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(
+        json.dumps(res, indent=2)
+    )
     print(json.dumps(res, indent=2))
     print(table(res, cc))
 
