@@ -155,6 +155,12 @@ async def test_scraped_counts_equal_what_was_stored(tmp_path, sim):
     assert value(end, "recorder_files_written_total") == len(list(tmp_path.rglob("*.parquet")))
     assert value(end, "process_resident_memory_bytes") > 10e6 and has_sample(end, "process_cpu_seconds_total")
 
+    # deploy/grafana-dashboard.json queries only series the recorder serves (the s3 ones: with a spool)
+    dashboard = (Path(__file__).parents[1] / "deploy" / "grafana-dashboard.json").read_text()
+    queried = set(re.findall(r"\b((?:recorder|process)_[a-z_]+)", dashboard))
+    served = {n for n, _, _ in end} | {"recorder_files_published_total", "recorder_last_publish_age_seconds"}
+    assert queried and queried <= served, queried - served
+
 
 async def test_healthz_flips_when_the_simulator_goes_silent_and_back(tmp_path, sim):
     c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
@@ -228,7 +234,7 @@ async def test_run_metrics_port_serves_while_recording(tmp_path, sim):
     during the run; a bad port is one clear line."""
     proc = await asyncio.create_subprocess_exec(
         RECORDER, "run", "bitmart", *SYMBOLS, "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
-        "--data-dir", str(tmp_path), "--duration", "6", "-q", "--metrics-port", "0",
+        "--data-dir", str(tmp_path), "--duration", "8", "-q", "--metrics-port", "0",
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
