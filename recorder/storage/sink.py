@@ -13,6 +13,7 @@ import array
 import contextlib
 import datetime
 import itertools
+import operator
 import os
 import sys
 import threading
@@ -75,8 +76,23 @@ def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
     schema = SCHEMAS[table]
     if not rows:
         return schema.empty_table()
-    columns = list(zip(*rows, strict=True))
-    return pa.Table.from_arrays([to_arrow(col, f.type) for col, f in zip(columns, schema, strict=True)], schema=schema)
+    if set(map(len, rows)) != {len(schema)}:
+        raise ValueError(f"{table} rows must have {len(schema)} values")
+    return pa.Table.from_arrays([_column(rows, i, f.type) for i, f in enumerate(schema)], schema=schema)
+
+
+def _column(rows: list[tuple], i: int, typ: pa.DataType) -> pa.Array:
+    """Column `i` of `rows`, read one column at a time: no transposed copy of the whole batch (its
+    tuples cost more time and memory than the Arrow columns)."""
+    values = list(map(operator.itemgetter(i), rows))
+    if typ.id in _FIXED:
+        try:
+            data = array.array(_FIXED[typ.id], values)
+        except TypeError:  # a None among them (or a wrong type): the general way says which
+            pass
+        else:
+            return pa.Array.from_buffers(typ, len(rows), [None, pa.py_buffer(data)])
+    return to_arrow(values, typ)
 
 
 def to_arrow(values: Sequence, typ: pa.DataType) -> pa.Array:
@@ -101,6 +117,13 @@ def to_arrow(values: Sequence, typ: pa.DataType) -> pa.Array:
             values = [False if v is None else v for v in values]
         return pa.Array.from_buffers(typ, n, [validity, _bitmap(values)])
     if typ == pa.string():
+        if validity is None and n > 64:
+            words = set(values)
+            if len(words) <= 64:  # a side, a channel: look each value up in a small dictionary
+                dictionary = sorted(words)
+                index = {w: k for k, w in enumerate(dictionary)}
+                indices = array.array("i", list(map(index.__getitem__, values)))
+                return pc.take(to_arrow(dictionary, typ), pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(indices)]))
         encoded = [b"" if v is None else v.encode() for v in values]
         offsets = array.array("i", [0])
         offsets.extend(itertools.accumulate(map(len, encoded)))

@@ -66,6 +66,17 @@ def test_columns_are_those_of_pa_array(table: str) -> None:
         assert _parquet(ours) == _parquet(theirs)
 
 
+def test_low_cardinality_strings_are_those_of_pa_array() -> None:
+    """book_updates' side, events' channel: few words, looked up in a dictionary."""
+    rng = random.Random(7)
+    rows = [(i, i, i, False, rng.choice(["bid", "ask"]), 1.0, 2.0) for i in range(1000)]
+    rows += [(i, i, i, True, rng.choice(["é漢字🙂", "", "x"]), 1.0, 2.0) for i in range(100)]
+    ours = rows_to_table("book_updates", rows).column("side").combine_chunks()
+    theirs = pa.array([r[4] for r in rows], type=pa.string())
+    assert [x and x.to_pybytes() for x in ours.buffers()] == [x and x.to_pybytes() for x in theirs.buffers()]
+    assert ours.to_pylist() == [r[4] for r in rows]
+
+
 def test_split_by_date_keeps_row_order_per_date() -> None:
     days = [20000, 20001, 20000, 20002, 19999]
     tbl = rows_to_table("trades", [(d * DAY_US + i, 1, None, "buy", float(i), 1.0) for i, d in enumerate(days)])
