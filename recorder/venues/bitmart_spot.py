@@ -196,17 +196,20 @@ def _typed(raw: bytes | str) -> list[Message] | None:
         return None
     try:
         if type(push) is _BookPush:
-            return [
-                BookMessage(
-                    i.symbol,
-                    i.version,
-                    i.type == "snapshot",
-                    i.ms_t * 1000,
-                    [(float(p), float(q)) for p, q in i.bids],
-                    [(float(p), float(q)) for p, q in i.asks],
+            out: list[Message] = []
+            for i in push.data:
+                bids, asks = i.bids, i.asks  # an update mostly moves one side: skip the other's loop
+                out.append(
+                    BookMessage(
+                        i.symbol,
+                        i.version,
+                        i.type == "snapshot",
+                        i.ms_t * 1000,
+                        [(float(p), float(q)) for p, q in bids] if bids else [],
+                        [(float(p), float(q)) for p, q in asks] if asks else [],
+                    )
                 )
-                for i in push.data
-            ]
+            return out
         by_symbol: dict[str, TradeBatch] = {}
         for t in push.data:
             if t.ms_t is not msgspec.UNSET:
