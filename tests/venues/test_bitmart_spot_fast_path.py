@@ -1,0 +1,85 @@
+"""BitMart spot's fast decoding (ISA-L inflate, msgspec typed pushes) gives what the general way
+gives: the same payload for every frame, the same records for every plain push, and it steps aside
+(None) for anything else so that the general way alone decides what odd input means."""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+import pytest
+
+from recorder.sim import BitmartSpotSim
+from recorder.venues import bitmart_spot as bs
+
+
+def _general(raw: bytes) -> list:
+    return bs.parse_message(orjson.loads(raw))
+
+
+def _tape(events: int) -> list[bytes]:
+    sim = BitmartSpotSim(symbols=2, seed=3, rate=0, tape_events=events, include_pre_trade=False)
+    sim.build_tapes(sim.market.steps(events))
+    frames = []
+    for tape in sim._tapes.values():
+        frames += [tape.snapshot, *tape.depth, *(f for f, _ in tape.trades)]
+    return frames
+
+
+def test_tape_frames_inflate_and_parse_as_the_general_way() -> None:
+    frames = _tape(3000)
+    assert len(frames) > 3000
+    for frame in frames:
+        raw = bs.inflate(frame)
+        assert raw == zlib.decompress(frame, -zlib.MAX_WBITS)
+        typed = bs._typed(raw)
+        assert typed is not None, raw  # every simulator push takes the fast way
+        assert typed == _general(raw)
+
+
+PUSH = b'{"table":"spot/depth/increase100","data":[{"symbol":"A","version":%s,"type":"update","ms_t":%s,"bids":%s,"asks":[]}]}'
+TRADE = b'{"table":"spot/trade","data":[{"symbol":"A","side":%s,"price":%s,"size":"2"%s}]}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        PUSH % (b'"5"', b"1", b"[]"),  # version as a string: int() reads it
+        PUSH % (b"true", b"1", b"[]"),  # a bool is no version for msgspec, int(True) is 1
+        PUSH % (b"5", b"1.0", b"[]"),  # a float time
+        PUSH % (b"123456789012345678901", b"1", b"[]"),  # past 64 bits: orjson reads a float
+        PUSH % (b"5", b"1", b'[["1",2]]'),  # a number for a size
+        PUSH % (b"5", b"1", b'[["1","2","3"]]'),  # three values in a level
+        PUSH % (b"5", b"1", b'[["x","2"]]'),  # not a number
+        TRADE % (b'"hold"', b'"1"', b',"ms_t":1'),
+        TRADE % (b'"buy"', b'"1"', b""),  # no time at all
+        TRADE % (b'"buy"', b'"1"', b',"ms_t":null'),
+        TRADE % (b'"buy"', b"1", b',"ms_t":1'),
+        b'{"table":"spot/depth/increase100","data":{}}',
+        b'{"event":"subscribe","topic":"spot/trade:A"}',
+        b'{"errorCode":"1","errorMessage":"x"}',
+    ],
+)
+def test_odd_input_steps_aside_to_the_general_way(raw: bytes) -> None:
+    assert bs._typed(raw) is None
+    assert repr(bs.parse(raw)) == repr(bs.parse(raw.decode()))  # and parse() is the general way's answer
+
+
+def test_plain_trades_group_by_symbol_like_the_general_way() -> None:
+    raw = (
+        b'{"table":"spot/trade","data":[{"symbol":"A","side":"buy","price":"1","size":"2","ms_t":1},'
+        b'{"symbol":"B","side":"sell","price":"1.5","size":"2","s_t":7},'
+        b'{"symbol":"A","side":"buy","price":"3","size":"2","ms_t":2}]}'
+    )
+    assert bs._typed(raw) == _general(raw)
+    assert [(b.symbol, len(b.trades)) for b in bs._typed(raw)] == [("A", 2), ("B", 1)]
+
+
+def test_bad_deflate_keeps_zlibs_error_and_big_frames_keep_the_cap() -> None:
+    with pytest.raises(zlib.error, match="invalid block type"):
+        bs.inflate(b"\x07\xffnot a deflate stream")
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = c.compress(b" " * 2 * bs.MAX_INFLATED_BYTES) + c.flush()
+    assert len(bomb) >= bs._SMALL_FRAME
+    with pytest.raises(ValueError, match="deflate bomb"):
+        bs.inflate(bomb)
