@@ -1,6 +1,7 @@
 """Other engines read the lake unchanged: a small lake recorded by the real recorder (CLI, against the
 simulators: bitmart spot, bitmart_perpetual, built candles and backfilled exchange candles, plus one
-`events` file in the schema from before the `cause` column) is read by pyarrow, polars and Spark
+`events` file in the schema from before the `cause` column; spot trades and book updates merged by
+`recorder compact`) is read by pyarrow, polars and Spark
 (local mode), and every table agrees with DuckDB (`recorder.connect`): the rows of each
 (exchange, symbol, date) partition, the partition keys taken from the path, `ts` as UTC instants,
 the first level of every book snapshot, and `cause` NULL exactly on the old file's rows.
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully suppo
 
 TABLES = list(SCHEMAS)  # trades, book_updates, book_snapshots, events, derivative_ticker, exchange_candles, candles
 SPOT = ["BTC-USDT", "ETH-USDT"]
+COMPACTED = ("trades", "book_updates")  # merged by `recorder compact` before the engines read them
 OLD_EVENTS_FILE = "00000000T000000.000000-old-cause-less.parquet"
 
 # --- the readers (the README shows these) -------------------------------------------------------
@@ -200,7 +202,7 @@ def lake(tmp_path_factory):
     try:
         # the two recordings share the data dir (as several recorders may) and run side by side
         spot = _spawn("run", "bitmart", *SPOT, "--sim", "--duration", "8", "--data-dir", str(root),
-                      log=logs / "spot.log")
+                      "--flush-interval", "2", log=logs / "spot.log")
         perp = _spawn("run", "bitmart_perpetual", "BTC-USDT", "--sim", "--duration", "6", "--data-dir", str(root),
                       log=logs / "perp.log")
         sim = _spawn("simulate", "bitmart", "--port", "0", log=logs / "sim.log")
@@ -217,6 +219,16 @@ def lake(tmp_path_factory):
         build = _spawn("candles", "build", "--data-dir", str(root), log=logs / "build.log")
         procs.append(build)
         _finish(build, logs / "build.log")
+        # spot's trades and book updates as `recorder compact` leaves them (merged files, written with
+        # the compaction's encodings): the engines must read those too
+        spot_files = lambda t: sorted((root / t / "exchange=bitmart").rglob("*.parquet"))  # noqa: E731
+        many = {t: len(spot_files(t)) for t in COMPACTED}
+        assert all(n > len(SPOT) for n in many.values()), f"too few files to compact: {many}"
+        compact = _spawn("compact", "--data-dir", str(root), "--include-today",
+                         *(a for t in COMPACTED for a in ("--table", t)), log=logs / "compact.log")
+        procs.append(compact)
+        _finish(compact, logs / "compact.log")
+        assert {t: len(spot_files(t)) for t in COMPACTED} == dict.fromkeys(COMPACTED, len(SPOT)), many
         old_rows = _write_old_events(root)
         spark_thread.join(120)
         assert not spark_thread.is_alive(), "Spark did not start in 120 s"
