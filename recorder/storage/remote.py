@@ -16,9 +16,10 @@ they find: with every output there, its inputs are hidden (step 3 is under way o
 interrupted); otherwise its outputs that are there are hidden (step 2 was). So a process killed
 at any step leaves the readers neither doubled nor missing rows. The next `compact` or
 `candles build` on the bucket settles what it finds (`settle_markers`): finishes a marker whose
-outputs are all there, rolls back (deletes the published outputs of) one that is older than
-`STALE_MARKER` seconds and whose outputs are not. A younger one may belong to a process still
-publishing: it is left alone, and so are the partitions it names.
+outputs are all there, rolls back (deletes the published outputs of) one whose outputs are not
+and that is older than `STALE_MARKER` seconds or was left by a dead process of this host. Any
+other may belong to a process still publishing: it is left alone, and so are the partitions it
+names.
 """
 
 from __future__ import annotations
@@ -213,6 +214,24 @@ def read_markers(bucket: Bucket) -> dict[str, dict]:
     return out
 
 
+def _dead_here(marker: str) -> bool:
+    """Whether the marker's process ran on this host and is gone (`<host>_<pid>_<rand>-...`): its
+    marker need not wait `STALE_MARKER` out. A pid that exists counts as alive (it may be reused)."""
+    from recorder.storage.layout import _HOST
+
+    run = marker.rsplit("/", 1)[-1].split("-", 1)[0]
+    host, _, rest = run.rpartition("_")[0].rpartition("_")
+    if host != _HOST or not rest.isdigit() or run == run_id():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def settle_markers(bucket: Bucket, stale: float = STALE_MARKER) -> tuple[int, set[str]]:
     """Finish or roll back what killed processes left; returns (markers settled, the keys named
     by markers still in progress, to be left alone)."""
@@ -223,7 +242,7 @@ def settle_markers(bucket: Bucket, stale: float = STALE_MARKER) -> tuple[int, se
         there = set(bucket.list_keys(outputs))
         if len(there) == len(set(outputs)):
             bucket.delete(inputs)  # every output is published: finish
-        elif time.time() - float(m.get("at", 0)) >= stale:
+        elif time.time() - float(m.get("at", 0)) >= stale or _dead_here(rel):
             bucket.delete(sorted(there))  # a dead process's half-published outputs: roll back
         else:
             busy |= {*outputs, *inputs}
