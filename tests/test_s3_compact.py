@@ -174,6 +174,10 @@ class Hold(logging.Handler):
         self.method, self.path = method, re.compile(path)
         self.hit, self.resume = threading.Event(), threading.Event()
 
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: other requests go on
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         m = base.RequestLog.LINE.search(record.getMessage())
         if m and not self.hit.is_set() and m["method"] == self.method and self.path.search(m["path"]):
@@ -392,3 +396,34 @@ def test_the_candle_manifest_is_written_back_only_if_nobody_changed_it(s3):
     with pytest.raises(RecorderError, match="changed by another process meanwhile"):
         bucket.put(MANIFEST_KEY, b'{"d": 4}', etag)  # a concurrent one that read the same
     assert bucket.get(MANIFEST_KEY)[0] == b'{"c": 3}'
+
+
+def test_a_candles_build_that_loses_the_manifest_race_rolls_back_its_objects(lake, s3):
+    """Another build writes the manifest while this one publishes (held by the server at its first
+    candle object): this one's manifest write is refused, it deletes what it published and says so
+    in one line; the bucket is as the other build left it."""
+    local, url, _ = lake
+    _, c, _ = s3
+    before = set(_objects(c, "lake/"))
+    hold = Hold("PUT", r"/candles/exchange=.*\.parquet")
+    wz = logging.getLogger("werkzeug")
+    wz.addHandler(hold)
+    try:
+        proc = subprocess.Popen(
+            [RECORDER, "candles", "build", "--data-dir", url, "--interval", "1s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert hold.hit.wait(60), "the build reached its first candle object"
+            c.put_object(Bucket=BUCKET, Key="lake/candles/.state/manifest.json", Body=b'{"other": 1}')
+        finally:
+            hold.resume.set()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        wz.removeHandler(hold)
+    assert proc.returncode != 0 and "changed by another process meanwhile" in err, (out, err)
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert set(_objects(c, "lake/")) == before | {"lake/candles/.state/manifest.json"}, "rolled back"
+    assert (
+        c.get_object(Bucket=BUCKET, Key="lake/candles/.state/manifest.json")["Body"].read() == b'{"other": 1}'
+    )

@@ -433,14 +433,18 @@ def build_candles_bucket(
         rep = Replacement(
             bucket, root, [root / rel for rel in sorted(after - before)], sorted(before - after)
         )
-        rep.begin()
-        rep.publish()
+        files = bool(rep.outputs or rep.inputs)  # else only the manifest changed (footer facts)
+        if files:
+            rep.begin()
+            rep.publish()
         if new is not None:
             try:
                 bucket.put(MANIFEST_KEY, new, manifest[1] if manifest is not None else None)
             except RecorderError:
-                rep.rollback()
+                if files:
+                    rep.rollback()
                 raise
-        rep.retire()
-        rep.end()
+        if files:
+            rep.retire()
+            rep.end()
     return report
