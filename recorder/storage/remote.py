@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from recorder.lake import MARKERS_DIR, PARTITION_KEYS, Skipped, marker_hidden, p
 from recorder.storage.layout import run_id
 from recorder.storage.objectstore import Publisher, S3Url, _error_line, check_bucket
 
+DOWNLOADS = 8  # objects fetched at once
 STALE_MARKER = 600.0  # s: a marker without all its outputs older than this belongs to a dead process
 MANIFEST_KEY = "candles/.state/manifest.json"
 
@@ -122,11 +124,27 @@ class Bucket:
 
     def download(self, obj: Obj, dest: Path) -> Path:
         """The object as a local file whose size and mtime (= LastModified) are the same on every
-        download: the candle builder's manifest and a merged file's lineage name files by them."""
+        download: the candle builder's manifest and a merged file's lineage name files by them.
+        One GET (a transfer manager would add a HEAD per object: most objects are small)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.call("download_file", Key=self.url.key(obj.rel), Filename=str(dest))
+        try:
+            got = self.s3.get_object(Bucket=self.url.bucket, Key=self.url.key(obj.rel))
+            with open(dest, "wb") as fh:
+                for chunk in got["Body"].iter_chunks(1 << 20):
+                    fh.write(chunk)
+        except (BotoCoreError, ClientError) as exc:
+            raise RecorderError(_error_line(exc, self.url, self.endpoint)) from None
+        if dest.stat().st_size != obj.size:
+            raise RecorderError(f"{self.url}: {obj.rel} changed while it was read; run again")
         os.utime(dest, ns=(obj.mtime_ns, obj.mtime_ns))
         return dest
+
+    def download_all(self, objs: Iterable[Obj], root: Path) -> None:
+        """`download` each object to `root / rel`, a few at a time (each is a round trip)."""
+        with ThreadPoolExecutor(max_workers=DOWNLOADS) as pool:
+            list(pool.map(lambda o: self.download(o, root / o.rel), objs))
 
     def put(self, rel: str, data: bytes, etag: str | None = None) -> None:
         """Write a small object: a new key (refused if there is one), or with `etag` the object
@@ -354,8 +372,7 @@ def merge_partition(
     from recorder.storage.compact import compact_partition
 
     local = work / part
-    for f in files:
-        bucket.download(f, work / f.rel)
+    bucket.download_all(files, work)
     damaged: list[Skipped] = []
     n, rows = compact_partition(local, table, damaged)
     url = bucket.url
@@ -378,15 +395,14 @@ def mirror(
 ) -> set[str]:
     """Download the visible objects of `tables` (optionally one exchange / symbol) under `root`;
     returns their relative keys."""
-    got: set[str] = set()
+    wanted: list[Obj] = []
     for table in tables:
         objs = visible(bucket, bucket.list(f"{table}/"))
         for part, files in partitions(objs, table, [], bucket.url).items():
             if _matches(part, exchange, symbol):
-                for f in files:
-                    bucket.download(f, root / f.rel)
-                    got.add(f.rel)
-    return got
+                wanted += files
+    bucket.download_all(wanted, root)
+    return {f.rel for f in wanted}
 
 
 def build_candles_bucket(
