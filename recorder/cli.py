@@ -259,7 +259,9 @@ def compact(
 
 @app.command(epilog=EXAMPLES["replay"])
 def replay(
-    raw: list[Path] = typer.Argument(..., help="raw log files or directories (e.g. data/raw)"),
+    raw: list[Path] = typer.Argument(
+        ..., help="raw log files or directories (e.g. data/raw), local or s3://bucket/prefix/raw/..."
+    ),
     data_dir: Path = typer.Option(..., "--data-dir", help="where the re-derived tables go"),
     log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per stderr line"),
 ) -> None:
@@ -272,16 +274,31 @@ def replay(
     from recorder.replay import replay as replay_logs
 
     def go() -> None:
+        import contextlib
+        import tempfile
+
         from recorder.app import console
+        from recorder.storage.objectstore import parse_s3
 
         console.configure(log_format)
         out = console.Printer()
-        missing = [str(p) for p in raw if not p.exists()]
+        missing = [str(p) for p in raw if parse_s3(p) is None and not p.exists()]
         if missing:
             fail(f"no such raw log: {', '.join(missing)}")
-        with Progress(console=err, transient=True, disable=console.json_logs()) as bar:
-            task = bar.add_task("replaying", total=None)
-            res = replay_logs(raw, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total))
+        with contextlib.ExitStack() as stack:
+            local = list(raw)
+            if any(parse_s3(p) for p in raw):  # raw logs in a bucket: downloaded to a temp dir first
+                from recorder.lake import refuse_remote
+                from recorder.storage.remote import fetch_raw
+
+                refuse_remote(data_dir)  # before any download
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recorder-replay-")))
+                local = [fetch_raw(url, tmp) if (url := parse_s3(p)) else p for p in raw]
+            with Progress(console=err, transient=True, disable=console.json_logs()) as bar:
+                task = bar.add_task("replaying", total=None)
+                res = replay_logs(
+                    local, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total)
+                )
         for why in res.skipped:
             out.print(f"skipped {why}", level="warning")
         out.print(

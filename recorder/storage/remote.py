@@ -41,6 +41,7 @@ from recorder.errors import RecorderError
 from recorder.lake import MARKERS_DIR, PARTITION_KEYS, Skipped, marker_hidden, partition_problem
 from recorder.storage.layout import run_id
 from recorder.storage.objectstore import Publisher, S3Url, _error_line, check_bucket
+from recorder.storage.rawlog import SUFFIX
 
 DOWNLOADS = 8  # objects fetched at once
 STALE_MARKER = 600.0  # s: a marker without all its outputs older than this belongs to a dead process
@@ -464,3 +465,19 @@ def build_candles_bucket(
             rep.retire()
             rep.end()
     return report
+
+
+def fetch_raw(url: S3Url, root: Path, endpoint: str | None = None) -> Path:
+    """`recorder replay s3://bucket/prefix/raw/...`: the raw logs under the URL (one log, or a folder
+    of them), downloaded under `root` by their keys, so that `raw/exchange=../date=../` stays the
+    layout replay reads (a connection's parts side by side). Returns the URL's local path."""
+    bucket = Bucket(S3Url(url.bucket, ""), endpoint)
+    folder = url.prefix.rstrip("/") + "/"
+    wanted = [
+        o for o in bucket.list(url.prefix).values()
+        if (o.rel == url.prefix or o.rel.startswith(folder)) and o.rel.endswith(SUFFIX)
+    ]  # fmt: skip
+    if not wanted:
+        raise RecorderError(f"no raw logs at {url}")
+    bucket.download_all(wanted, root)
+    return root / url.prefix
