@@ -19,11 +19,13 @@ import math
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import duckdb
 import orjson
 from rich.console import Console
+
+if TYPE_CHECKING:  # `recorder run` prints through console() below: DuckDB is not imported for it
+    import duckdb
 
 WIDE = 100_000  # columns a console assumes when it writes to no terminal: nothing is wrapped or cut
 BATCH = 10_000  # rows fetched at a time: output streams, memory stays flat

@@ -41,6 +41,8 @@ def loaded_after(code: str) -> set[str]:
         ("import recorder.venues.bitmart_spot", ("aiohttp", "duckdb")),
         ("import recorder.venues as v; v.names(); [v.venue(n) for n in v.names()]", ("aiohttp", "duckdb")),
         ("import recorder.session.dispatcher", ("aiohttp", "duckdb")),
+        # what `recorder run` loads before it records: DuckDB and pandas would cost ~16 / ~42 MB of RSS
+        ("import recorder.cli, recorder.app.record, recorder.app.console, recorder.collector", ("duckdb", "pandas")),
     ],
 )
 def test_light_modules_load_no_heavy_dependency(code, forbidden):
