@@ -221,10 +221,10 @@ def test_candles_watch_off_a_terminal_prints_one_line_per_candle(tmp_path):
     assert re.fullmatch(r"watching bitmart BTC-USDT 1s candles \(simulator ws://127\.0\.0\.1:\d+/api\?protocol=1\.1\);"
                         r" Ctrl-C stops\n", p.stderr), p.stderr
     lines = p.stdout.splitlines()
-    candle = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ( [\d.e+-]+){5} [\d,]+ (\d+|-) (live|exchange|partial|open)"
+    candle = r"bitmart BTC-USDT 1s \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ( [\d.e+-]+){5} [\d,]+ (\d+|-) (live|exchange|partial|open)"
     assert len(lines) >= 3 and all(re.fullmatch(candle, ln) for ln in lines), p.stdout
     assert lines[-1].endswith(" open") and not any(ln.endswith(" open") for ln in lines[:-1]), p.stdout
-    times = [ln.split()[0] for ln in lines]
+    times = [ln.split()[3] for ln in lines]
     assert times == sorted(set(times)), p.stdout  # each candle once, in order
 
 

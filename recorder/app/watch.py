@@ -97,11 +97,12 @@ def _print_closed(feed: CandlesFeed, console: Console, printed: set, final: bool
         if key in printed or (is_open and not final):
             continue
         printed.add(key)
-        console.print(candle_line(c, feed.interval, is_open), highlight=False, soft_wrap=True)
+        line = f"{feed.exchange} {feed.symbol} {feed.interval} {candle_line(c, feed.interval, is_open)}"
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def candle_line(c: Candle, interval: str, is_open: bool = False) -> str:
-    """One candle as a plain line: the table's cells, space-separated, the time in full."""
+    """One candle as plain words: the table's cells, space-separated, the time in full."""
     cells = _cells(c, interval)
     cells[0] = f"{c.open_time:%Y-%m-%dT%H:%M:%S}Z"
     cells[-1] = "open" if is_open else cells[-1]

@@ -300,13 +300,15 @@ def test_watch_cli_ctrl_c_exits_0(tmp_path):
             assert time.monotonic() < deadline and proc.poll() is None, started
             if select.select([proc.stderr], [], [], 0.5)[0]:
                 started += proc.stderr.readline()
-        time.sleep(1)
+        time.sleep(2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "ETH-USDT 1s" in out and "Traceback" not in err
+    lines = out.splitlines()  # off a terminal: a line per candle, the open one last (printed at the stop)
+    assert lines and all(ln.startswith("bitmart ETH-USDT 1s ") for ln in lines), out
+    assert lines[-1].endswith(" open") and "Traceback" not in err
 
 
 # ---- the rules, without I/O -----------------------------------------------------------------------
