@@ -115,6 +115,46 @@ def test_a_compaction_killed_after_publishing_hides_its_inputs_and_the_next_comp
     assert _rows(url) == want
 
 
+def test_two_compactions_of_one_partition_at_once_never_double_its_rows(lake, s3):
+    """Two `recorder compact` runs on one bucket (an overlapping cron): both merge the same partition;
+    the second to replace it must back off (its inputs are gone, or named by the other's marker)."""
+    from recorder.errors import RecorderError
+
+    local, url, _ = lake
+    _, c, _ = s3
+    want = _rows(local)
+    _, a, tmp_a = _begin_compaction(url)
+    _, b, tmp_b = _begin_compaction(url)
+    with tmp_a, tmp_b:
+        a.run()  # the first finishes: its inputs are deleted
+        with pytest.raises(RecorderError, match="another process"):
+            b.run()
+    assert _rows(url) == want, "no row twice"
+    assert not _objects(c, "lake/.markers/")
+
+    _, a, tmp_a = _begin_compaction(url, "book_updates")
+    _, b, tmp_b = _begin_compaction(url, "book_updates")
+    with tmp_a, tmp_b:
+        a.begin()  # the first is under way (its marker is there)
+        with pytest.raises(RecorderError, match="another process"):
+            b.run()
+        a.publish()
+        a.retire()
+        a.end()
+    assert _rows(url) == want, "no row twice"
+    assert not _objects(c, "lake/.markers/")
+
+
+def test_an_object_deleted_under_a_reader_is_said_so_not_a_missing_bucket(s3, tmp_path):
+    from recorder.errors import RecorderError
+    from recorder.storage.objectstore import parse_s3
+    from recorder.storage.remote import Bucket, Obj
+
+    bucket = Bucket(parse_s3(f"s3://{BUCKET}/lake"))
+    with pytest.raises(RecorderError, match=r"trades/x\.parquet was deleted while it was read; run again"):
+        bucket.download(Obj("trades/x.parquet", 10, "e", 0), tmp_path / "x.parquet")
+
+
 def test_a_compaction_killed_before_publishing_changes_nothing_and_is_rolled_back(lake, s3):
     from recorder.storage.remote import settle_markers
 

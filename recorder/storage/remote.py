@@ -135,7 +135,13 @@ class Bucket:
             with open(dest, "wb") as fh:
                 for chunk in got["Body"].iter_chunks(1 << 20):
                     fh.write(chunk)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchKey":  # not "no such bucket"
+                raise RecorderError(
+                    f"{self.url}: {obj.rel} was deleted while it was read; run again"
+                ) from None
+            raise RecorderError(_error_line(exc, self.url, self.endpoint)) from None
+        except BotoCoreError as exc:
             raise RecorderError(_error_line(exc, self.url, self.endpoint)) from None
         if dest.stat().st_size != obj.size:
             raise RecorderError(f"{self.url}: {obj.rel} changed while it was read; run again")
@@ -211,10 +217,30 @@ class Replacement:
         self.bucket.delete(self.rels())
         self.end()
 
+    def claim(self) -> None:
+        """After `begin`: back off (marker deleted, one-line error) if another process replaces the
+        same inputs, e.g. two `compact` runs at once, which would otherwise both publish a merged
+        copy of one partition. Each side writes its marker before it looks, so of two at once at
+        least one sees the other's marker, or finds the inputs gone if the other has finished."""
+        mine = set(self.inputs)
+        others = [
+            rel
+            for rel, m in read_markers(self.bucket).items()
+            if rel != self.marker and mine & set(m.get("inputs", []))
+        ]
+        if others or len(set(self.bucket.list_keys(self.inputs))) < len(mine):
+            self.end()
+            part = self.inputs[0].rsplit("/", 1)[0]
+            raise RecorderError(
+                f"{self.bucket.url}: {part} is being replaced by another process; nothing was replaced, run again"
+            )
+
     def run(self) -> None:
         if not self.outputs and not self.inputs:
             return
         self.begin()
+        if self.inputs:
+            self.claim()
         self.publish()
         self.retire()
         self.end()
