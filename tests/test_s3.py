@@ -444,6 +444,24 @@ def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors
     assert not list(tmp_path.glob("s3*")), "no local directory named s3:"
 
 
+def test_recording_into_a_bucket_says_the_bucket_and_the_spool(s3, tmp_path):
+    """The start line names where the data goes (the bucket), not only the local spool."""
+    import json
+    import subprocess
+
+    from .processes import RECORDER
+
+    url, spool = f"s3://{BUCKET}/x", tmp_path / "spool"
+    args = ["run", "bitmart", "BTC-USDT", "--sim", "--duration", "1", "--data-dir", url, "--spool", str(spool)]
+    p = subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"recording bitmart BTC-USDT -> {url} (spool {spool})" in p.stderr, p.stderr
+    p = subprocess.run([RECORDER, *args, "--log-format", "json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    first = json.loads(p.stderr.splitlines()[0])
+    assert first["data_dir"] == url and first["spool"] == str(spool), first
+
+
 def test_replay_reads_raw_logs_from_the_bucket(lake, tmp_path):
     """`recorder replay s3://.../raw --data-dir DIR` re-derives the same tables as a replay of the
     local copy of those raw logs (downloaded with their raw/exchange=/date= layout)."""

@@ -72,10 +72,13 @@ async def record(
         if signals:
             restore_signals = install_signal_handlers(collector.stop)
         show = status and sys.stderr.isatty() and not json_logs()
+        dest = f"{url} (spool {opts.data_dir})" if url is not None else opts.data_dir  # a bucket: both
         console.print(
-            f"recording {collector.exchange} {_markets(collector)} -> {opts.data_dir} "
+            f"recording {collector.exchange} {_markets(collector)} -> {dest} "
             f"({'simulator ' if sim else ''}{collector.ws_url})",
-            fields={"exchange": collector.exchange, "markets": len(collector.streams), "data_dir": opts.data_dir,
+            fields={"exchange": collector.exchange, "markets": len(collector.streams),
+                    "data_dir": str(url) if url is not None else opts.data_dir,
+                    **({"spool": str(opts.data_dir)} if url is not None else {}),
                     "ws_url": collector.ws_url, "simulator": bool(sim)},
         )
         await _with_status(console, [collector], status, show, collector.run())
