@@ -67,8 +67,9 @@ def refuse_remote(data_dir: str | Path) -> None:
     """A one-line error for a URL data dir given to a command that writes or reads it only as a
     local directory (it must not become a local directory named `s3:`)."""
     if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(data_dir)):  # Path() folds s3://b into s3:/b
+        shown = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/+", r"\1://", str(data_dir))  # as the user wrote it
         raise RecorderError(
-            f"data dir {data_dir}: this command does not support s3:// data dirs yet "
+            f"data dir {shown}: this command does not support s3:// data dirs yet "
             "(run, sql, status, compact, candles build/verify and recorder.connect() do)"
         )
 
