@@ -163,7 +163,7 @@ class Watcher:
 
     def problems(self, now: float) -> list[str]:
         """Why the recorder is not healthy (empty: healthy). A stream is unhealthy once it has had no
-        frame for longer than its connection's learned silence limit, or once its book has been
+        frame for longer than its connection's learned silence limit plus the probe's timeout, or once its book has been
         invalid (or its topic unacknowledged while the book waits) that long; a collector is while
         its disk refuses writes, or while it has no stream yet (starting)."""
         out = []
@@ -178,11 +178,13 @@ class Watcher:
                     continue
                 limit = self.limit(c, x, now)
                 silent = now - self.conn(c, x, now).last_seen
-                if silent > limit:
+                # past its limit a quiet connection is probed with a ping, whose answer is a frame:
+                # silent only when that answer is overdue too (the watchdog's own `dead` verdict)
+                if silent > limit + c.options.probe_timeout:
                     names = sorted({tp.stream.user for tp in x.topics})
                     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
                     out.append(f"{c.exchange} connection {x.index} ({shown}): no data for {silent:.1f} s "
-                               f"(its silence limit {limit:.1f} s)")
+                               f"(its silence limit {limit:.1f} s + {c.options.probe_timeout:g} s for a ping's answer)")
                     continue
                 for tp in x.topics:
                     since = self.invalid_since.get(id(tp))

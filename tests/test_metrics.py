@@ -179,7 +179,8 @@ async def test_healthz_flips_when_the_simulator_goes_silent_and_back(tmp_path, s
         assert (await healthz(port))[0] == 200  # silent for less than its limit: still healthy
         went = time.monotonic()
         body = await wait_health(port, 503, 15)
-        assert time.monotonic() - went >= limit - 0.3  # not before its own limit (to a watcher tick)
+        # not before its own limit and the unanswered ping's timeout (to a watcher tick)
+        assert time.monotonic() - went >= limit + c.options.probe_timeout - 0.3
         assert body["status"] == "unhealthy" and "no data for" in body["why"][0]
         assert "BTC-USDT" in body["why"][0] and "ETH-USDT" in body["why"][0]
         m = await scrape(port)
@@ -276,3 +277,31 @@ async def test_port_in_use_is_one_clear_error():
         assert status == 200 and body["streams"] == 0  # nothing subscribed: nothing silent
     finally:
         await first.stop()
+
+
+async def test_a_quiet_market_stays_healthy(tmp_path):
+    """A market trading once every few seconds: the connection crosses its silence limit between
+    trades, the watchdog's ping is answered, and /healthz never says 503 for it."""
+    from recorder.sim import BitmartSpotSim
+
+    async with BitmartSpotSim(symbols=["BTC_USDT"], seed=3, rate=0.3) as sim:
+        c = Collector("bitmart", ["BTC-USDT"], options(tmp_path, sim))
+        exporter = Exporter([c])
+        port = await exporter.start(port=0)
+        task = await start(c)
+        try:
+            await wait_for(lambda: books_valid(c), 10, "first snapshot")
+            await wait_health(port, 200, 10)
+            codes, bodies = [], []
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                code, body = await healthz(port)
+                codes.append(code)
+                bodies.append(body)
+                await asyncio.sleep(0.25)
+            assert set(codes) == {200}, [b["why"] for b in bodies if b["why"]][:3]
+            assert sum(x.reconnects for x in c.connections) == 0
+        finally:
+            c.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            await exporter.stop()
