@@ -247,3 +247,30 @@ def test_every_command_help_shows_an_example(tmp_path):
         # an example is a full command line of this very command
         assert "Examples:" in text and f"recorder {' '.join(path)}".strip() + " " in text.split("Examples:", 1)[1], (
             path, p.stdout)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_log_reader_that_goes_away_does_not_stop_the_recording(tmp_path, fmt):
+    """`recorder run ... 2>&1 | head -1`: the pipe closes after the first line; the recorder records
+    on to its --duration, exits 0, and its data is all there."""
+    import time
+
+    from recorder import connect
+
+    data = tmp_path / "data"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "--duration", "5", "--data-dir", str(data),
+         "--status-interval", "1", "--log-format", fmt],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr.readline()  # the start-up line, then the reader is gone
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert time.monotonic() - started >= 5, "stopped before its duration"
+    con = connect(data)
+    assert con.execute("select count(*) from events where event = 'stop' and cause = 'stop'").fetchone()[0] >= 1
+    assert con.execute("select count(*) from trades").fetchone()[0] > 0

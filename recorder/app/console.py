@@ -11,8 +11,10 @@ received since the previous refresh, at most `SAMPLE` per stream, so a refresh c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -97,13 +99,26 @@ class Printer:
 
     def __init__(self) -> None:
         self.rich = output.console(stderr=True)
+        self.rich.on_broken_pipe = self._gone  # type: ignore[method-assign]  # rich's own would exit
 
     def print(self, msg: object = "", *, level: str = "info", fields: dict[str, Any] | None = None, **_rich: Any) -> None:
         if json_logs():
-            sys.stderr.write(json_line(level, str(msg), fields) + "\n")
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(json_line(level, str(msg), fields) + "\n")
+                sys.stderr.flush()
+            except BrokenPipeError:
+                self._gone()
         else:
             self.rich.print(msg if not isinstance(msg, str) else Text(msg), soft_wrap=True, highlight=False)
+
+    def _gone(self) -> None:
+        """The reader of the log went away (`| head -1`, a log shipper that died): a recorder goes on
+        recording, and what it would have said from then on goes to /dev/null."""
+        self.rich.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
 
 
 def error_line(message: str, console: Console) -> None:
