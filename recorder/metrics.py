@@ -54,6 +54,7 @@ log = logging.getLogger("recorder")
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SAMPLE_INTERVAL = 1.0  # seconds between two looks at each book's validity and each stream's newest rows
 TABLES = ("trades", "book_updates", "book_snapshots", "events", "derivative_ticker")  # `Stream.buffers` order
+PUBLISH_GRACE = 60.0  # seconds of failed publishing (nothing uploaded) before /healthz says so
 HEALTH_LINES = 20  # problems named in a /healthz body (the count is always there)
 
 
@@ -167,6 +168,11 @@ class Watcher:
         invalid (or its topic unacknowledged while the book waits) that long; a collector is while
         its disk refuses writes, or while it has no stream yet (starting)."""
         out = []
+        sh = self.shipper
+        if sh is not None and sh.failing_since is not None and now - sh.failing_since > PUBLISH_GRACE:
+            why = sh.errors[-1] if sh.errors else "failed"
+            out.append(f"publishing to {sh.publisher.url} failing for {now - sh.failing_since:.0f} s "
+                       f"(files wait in the spool {sh.spool}): {why}")
         for c in self.collectors:
             if not c.connections:
                 out.append(f"{c.exchange}: starting (no stream subscribed yet)")
@@ -321,8 +327,8 @@ class RecorderCollector(PromCollector):
             pub.add_metric([], res.uploaded + res.already)
             pbytes = _counter("recorder_published_bytes", "bytes uploaded to the object store", [])
             pbytes.add_metric([], res.bytes)
-            perr = _counter("recorder_publish_errors", "distinct errors of the object store", [])
-            perr.add_metric([], len(shipper.errors))
+            perr = _counter("recorder_publish_errors", "failed publishing attempts (a sweep stops at its first)", [])
+            perr.add_metric([], shipper.failures)
             yield from (pub, pbytes, perr)
             if self.w.last_publish is not None:
                 age = _gauge("recorder_last_publish_age_seconds", "seconds since a file was last published "

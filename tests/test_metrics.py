@@ -33,6 +33,8 @@ from .recording import (
     wait_for,
 )
 from .test_disk_full import fill, small_disk  # noqa: F401 (a fixture: a real small tmpfs)
+from .test_s3 import BUCKET, _objects
+from .test_s3 import s3 as s3  # a fixture: moto's S3 server on 127.0.0.1
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -305,3 +307,41 @@ async def test_a_quiet_market_stays_healthy(tmp_path):
             c.stop()
             await asyncio.gather(task, return_exceptions=True)
             await exporter.stop()
+
+
+async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path, s3, monkeypatch):
+    """Recording into a bucket that goes away: files wait in the spool, every failed attempt is
+    counted, and past the grace /healthz is 503 naming the bucket; when it is back, 200 again."""
+    import recorder.metrics
+    from recorder.sim import BitmartSpotSim
+    from recorder.storage.objectstore import open_spool, parse_s3
+
+    monkeypatch.setattr(recorder.metrics, "PUBLISH_GRACE", 1.0)  # the default is a minute
+    _, client, _ = s3
+    shipper = open_spool(parse_s3(f"s3://{BUCKET}/lake"), tmp_path / "spool")
+    shipper.interval = 0.2
+    async with BitmartSpotSim(symbols=["BTC_USDT"], seed=4, rate=50) as sim:
+        c = Collector("bitmart", ["BTC-USDT"], options(shipper.spool, sim))
+        exporter = Exporter([c], shipper)
+        port = await exporter.start(port=0)
+        task = await start(c)
+        shipper.start()
+        try:
+            await wait_for(lambda: _objects(client, "lake/trades/"), 20, "a first published file")
+            await wait_health(port, 200, 10)
+            for key in _objects(client):
+                client.delete_object(Bucket=BUCKET, Key=key)
+            client.delete_bucket(Bucket=BUCKET)
+            body = await wait_health(port, 503, 20)
+            assert any(f"publishing to s3://{BUCKET}/lake failing" in w for w in body["why"]), body
+            failed = value(await scrape(port), "recorder_publish_errors_total")
+            await asyncio.sleep(1.0)
+            assert value(await scrape(port), "recorder_publish_errors_total") > failed  # every attempt
+            client.create_bucket(Bucket=BUCKET)
+            await wait_health(port, 200, 20)
+        finally:
+            c.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(shipper.close)
+            await exporter.stop()
+    assert _objects(client, "lake/trades/"), "what waited in the spool was published at the end"

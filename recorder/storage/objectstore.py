@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,7 +327,9 @@ class Shipper:
         self.open_logs = open_logs
         self.interval = interval
         self.on_error = on_error
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # distinct messages, in order (each reported once)
+        self.failures = 0  # failed sweeps (every one, not only new messages)
+        self.failing_since: float | None = None  # monotonic time of the first failure since a success
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -353,9 +356,13 @@ class Shipper:
                         remember(p)
                     self.publisher.publish(p)
                     n += 1
+                    self.failing_since = None
                 except FileNotFoundError:
                     continue
                 except (RecorderError, OSError) as exc:
+                    self.failures += 1
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
                     msg = str(exc) if isinstance(exc, RecorderError) else f"{p}: {exc}"
                     if not self.errors or self.errors[-1] != msg:
                         self.errors.append(msg)
