@@ -429,12 +429,15 @@ async def serve_metrics(
     config: MetricsConfig | None,
     collectors: list[Collector],
     shipper: Shipper | None = None,
-    say: Callable[[str], object] = print,
+    say: Callable[[str, dict], object] = lambda msg, fields: print(msg),
 ) -> Exporter | None:
-    """`recorder run --metrics-port`: start the exporter (None without a config) and say where."""
+    """`recorder run --metrics-port`: start the exporter (None without a config) and say where
+    (`say(message, fields)`: a JSON log line carries the port and URLs as fields)."""
     if config is None:
         return None
     exporter = Exporter(collectors, shipper, config.per_symbol)
     port = await exporter.start(config.host, config.port)
-    say(f"metrics on http://{config.host}:{port}/metrics (health: /healthz)")
+    url = f"http://{config.host}:{port}"
+    say(f"metrics on {url}/metrics (health: /healthz)", {"port": port, "metrics_url": f"{url}/metrics",
+                                                          "healthz_url": f"{url}/healthz"})
     return exporter

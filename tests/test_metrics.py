@@ -345,3 +345,19 @@ async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path
             await asyncio.to_thread(shipper.close)
             await exporter.stop()
     assert _objects(client, "lake/trades/"), "what waited in the spool was published at the end"
+
+
+def test_the_metrics_line_in_json_logs_carries_the_port(tmp_path):
+    """`--metrics-port 0 --log-format JSON` (any case): a script finds the port as a field."""
+    import json
+
+    p = subprocess.run(
+        [RECORDER, "run", "bitmart", "BTC-USDT", "--sim", "--duration", "2", "--data-dir", str(tmp_path / "d"),
+         "--metrics-port", "0", "--log-format", "JSON"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stderr.splitlines()]
+    first = next(x for x in lines if x["msg"].startswith("metrics on"))
+    assert isinstance(first["port"], int) and first["port"] > 0
+    assert first["healthz_url"] == f"http://127.0.0.1:{first['port']}/healthz"

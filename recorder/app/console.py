@@ -58,6 +58,7 @@ settings = _Settings()
 def configure(log_format: str = "text", status_interval: float = 10.0) -> None:
     """Set how this process prints (`--log-format`, `--status-interval`); `json` also turns the
     `logging` records (warnings from connections, the disk, polls) into JSON lines on stderr."""
+    log_format = log_format.lower()  # as exchange names and symbols: any case
     if log_format not in LOG_FORMATS:
         raise RecorderError(f"--log-format must be text or json, not {log_format!r}")
     if not status_interval > 0:

@@ -61,7 +61,7 @@ async def record(
     try:
         console = Printer()  # lines on stderr, whole (or JSON lines: --log-format json)
         collector = Collector(exchange, symbols, opts)
-        exporter = await serve_metrics(metrics, [collector], shipper, lambda s: console.print(s, highlight=False))
+        exporter = await serve_metrics(metrics, [collector], shipper, lambda s, f: console.print(s, fields=f))
         if opts.data_dir is not None:
             await _check_and_recover(opts.data_dir, console)
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
@@ -125,7 +125,7 @@ async def record_many(
                 p.options.ws_url = p.options.ws_url or simulators[-1].ws_url
                 p.options.rest_url = p.options.rest_url or simulators[-1].rest_url
             collectors.append(Collector(p.exchange, p.symbols, p.options))
-        exporter = await serve_metrics(metrics, collectors, None, lambda s: console.print(s, highlight=False))
+        exporter = await serve_metrics(metrics, collectors, None, lambda s, f: console.print(s, fields=f))
         await _check_and_recover(data_dir, console)
         lock = RunLock(data_dir)  # one run (one process): its raw logs are told apart by exchange
         for c in collectors:
