@@ -253,14 +253,13 @@ async def test_sigkill_while_recording_into_a_bucket_loses_nothing_and_doubles_n
     order, none twice (the local crash test's check, on a mirror of the bucket)."""
     import asyncio
     import random
-    import signal
     import time
 
     import pyarrow.parquet as pq
 
     from recorder.storage.objectstore import STUB_PREFIX
 
-    from .processes import sent_count, spawn, stop
+    from .processes import killed_runs, sent_count, spawn, stop
     from .recording import quiesce
     from .test_crash import assert_trades_match_what_was_sent
 
@@ -268,19 +267,21 @@ async def test_sigkill_while_recording_into_a_bucket_loses_nothing_and_doubles_n
     spool = tmp_path / "spool"
     where = ("--data-dir", f"s3://{BUCKET}/lake", "--spool", str(spool))
     rng = random.Random(11)
-    runs: list[tuple[list, float | None]] = []
-    for _ in range(2):
-        known = len(sim.connections)
-        before = set(_objects(c, "lake/trades/"))
-        proc = await spawn(spool, sim, *where)
+    before: set[str] = set()
+
+    async def start():
+        before.clear()
+        before.update(_objects(c, "lake/trades/"))
+        return await spawn(spool, sim, *where)
+
+    async def pause():
         deadline = time.monotonic() + 20
         while set(_objects(c, "lake/trades/")) <= before:  # this run's files reach the bucket
             assert time.monotonic() < deadline, "the recorder published nothing"
             await asyncio.sleep(0.1)
         await asyncio.sleep(rng.uniform(0.0, 1.5))  # anywhere relative to the 1 s flushes and uploads
-        kill = time.time()
-        await stop(proc, signal.SIGKILL)
-        runs.append((sim.connections[known:], kill))
+
+    runs = await killed_runs(sim, 2, start, pause)
     known = len(sim.connections)
     final = await spawn(spool, sim, *where)  # recovers the crashed runs from the spool, publishes them
     try:
