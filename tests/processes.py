@@ -22,7 +22,7 @@ from recorder import connect
 from recorder.bookreplay import rebuild_book
 from recorder.sim import BitmartSpotSim
 
-from .recording import MIN_TRADES, SYMBOLS, Key
+from .recording import MIN_TRADES, SYMBOLS, Key, quiesce
 
 RECORDER = shutil.which("recorder", path=str(Path(sys.executable).parent)) or "recorder"
 
@@ -84,6 +84,22 @@ async def killed_runs(
         await stop(proc, signal.SIGKILL)
         runs.append((sim.connections[known:], kill))
     return runs
+
+
+async def clean_run(sim, start: Callable[[], Awaitable[asyncio.subprocess.Process]], trades: int = 300) -> tuple[Run, str]:
+    """A recorder process (`start`) that records until each symbol was sent `trades` trades on its
+    connections (bounded), the market freezes, and it stops cleanly. Returns its run and stderr."""
+    known = len(sim.connections)
+    proc = await start()
+    try:
+        deadline = time.monotonic() + 30
+        while sent_count(sim, sim.connections[known:]) < trades and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await quiesce(sim)
+    finally:
+        err = await stop(proc)
+    assert proc.returncode == 0, err
+    return (sim.connections[known:], None), err
 
 
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 30) -> str:
