@@ -6,6 +6,7 @@ the disk refuses writes) and 200 again when it recovers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import time
@@ -70,6 +71,21 @@ async def wait_health(port: int, status: int, timeout: float) -> dict:
             return body
         assert time.monotonic() < deadline, f"/healthz stayed {got} ({body}), expected {status}"
         await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def exported(c: Collector, shipper=None):
+    """The collector recording and its exporter serving on a free port; yields (port, the collector's
+    task); stops both at the end (bounded: the collector's own stop)."""
+    exporter = Exporter([c], shipper)
+    port = await exporter.start(port=0)
+    task = await start(c)
+    try:
+        yield port, task
+    finally:
+        c.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await exporter.stop()
 
 
 def raw_frames(data: Path) -> int:
@@ -166,10 +182,7 @@ async def test_scraped_counts_equal_what_was_stored(tmp_path, sim):
 
 async def test_healthz_flips_when_the_simulator_goes_silent_and_back(tmp_path, sim):
     c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
-    exporter = Exporter([c])
-    port = await exporter.start(port=0)
-    task = await start(c)
-    try:
+    async with exported(c) as (port, task):
         await wait_for(lambda: books_valid(c), 10, "first snapshots")
         await record_trades(sim, 100)  # the watcher learns a busy stream: a short silence limit
         body = await wait_health(port, 200, 10)
@@ -195,10 +208,6 @@ async def test_healthz_flips_when_the_simulator_goes_silent_and_back(tmp_path, s
         assert body["why"] == []
         await wait_for(lambda: books_valid(c), 10, "books after the recovery")
         await finish(c, sim, task)
-    finally:
-        c.stop()
-        await asyncio.gather(task, return_exceptions=True)
-        await exporter.stop()
     ev = connect(tmp_path).execute("select count(*) from events where event = 'error' and detail like 'stale stream%'")
     assert ev.fetchone()[0] >= 2  # the collector saw the same silence (both markets)
 
@@ -209,10 +218,7 @@ async def test_healthz_turns_503_while_the_disk_refuses_writes(tmp_path, sim, sm
     data = tmp_path / "data"
     disk = small_disk("data/trades")
     c = Collector("bitmart", list(SYMBOLS), options(data, sim))
-    exporter = Exporter([c])
-    port = await exporter.start(port=0)
-    task = await start(c)
-    try:
+    async with exported(c) as (port, task):
         await wait_for(lambda: books_valid(c), 10, "first snapshots")
         await wait_health(port, 200, 10)
         ballast = fill(disk)
@@ -225,10 +231,6 @@ async def test_healthz_turns_503_while_the_disk_refuses_writes(tmp_path, sim, sm
         m = await scrape(port)
         assert value(m, "recorder_disk_refusing_writes") == 0 and value(m, "recorder_disk_full_pauses_total") == 1
         await finish(c, sim, task)
-    finally:
-        c.stop()
-        await asyncio.gather(task, return_exceptions=True)
-        await exporter.stop()
     assert c.sink.pending_rows() == 0
 
 
@@ -288,10 +290,7 @@ async def test_a_quiet_market_stays_healthy(tmp_path):
 
     async with BitmartSpotSim(symbols=["BTC_USDT"], seed=3, rate=0.3) as sim:
         c = Collector("bitmart", ["BTC-USDT"], options(tmp_path, sim))
-        exporter = Exporter([c])
-        port = await exporter.start(port=0)
-        task = await start(c)
-        try:
+        async with exported(c) as (port, _):
             await wait_for(lambda: books_valid(c), 10, "first snapshot")
             await wait_health(port, 200, 10)
             codes, bodies = [], []
@@ -303,10 +302,6 @@ async def test_a_quiet_market_stays_healthy(tmp_path):
                 await asyncio.sleep(0.25)
             assert set(codes) == {200}, [b["why"] for b in bodies if b["why"]][:3]
             assert sum(x.reconnects for x in c.connections) == 0
-        finally:
-            c.stop()
-            await asyncio.gather(task, return_exceptions=True)
-            await exporter.stop()
 
 
 async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path, s3, monkeypatch):
@@ -314,7 +309,7 @@ async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path
     counted, and past the grace /healthz is 503 naming the bucket; when it is back, 200 again."""
     import recorder.metrics
     from recorder.sim import BitmartSpotSim
-    from recorder.storage.objectstore import open_spool, parse_s3
+    from recorder.storage.objectstore import finished_files, open_spool, parse_s3
 
     monkeypatch.setattr(recorder.metrics, "PUBLISH_GRACE", 1.0)  # the default is a minute
     _, client, _ = s3
@@ -322,29 +317,24 @@ async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path
     shipper.interval = 0.2
     async with BitmartSpotSim(symbols=["BTC_USDT"], seed=4, rate=50) as sim:
         c = Collector("bitmart", ["BTC-USDT"], options(shipper.spool, sim))
-        exporter = Exporter([c], shipper)
-        port = await exporter.start(port=0)
-        task = await start(c)
-        shipper.start()
         try:
-            await wait_for(lambda: _objects(client, "lake/trades/"), 20, "a first published file")
-            await wait_health(port, 200, 10)
-            for key in _objects(client):
-                client.delete_object(Bucket=BUCKET, Key=key)
-            client.delete_bucket(Bucket=BUCKET)
-            body = await wait_health(port, 503, 20)
-            assert any(f"publishing to s3://{BUCKET}/lake failing" in w for w in body["why"]), body
-            failed = value(await scrape(port), "recorder_publish_errors_total")
-            await asyncio.sleep(1.0)
-            assert value(await scrape(port), "recorder_publish_errors_total") > failed  # every attempt
-            client.create_bucket(Bucket=BUCKET)
-            await wait_health(port, 200, 20)
+            async with exported(c, shipper) as (port, _):
+                shipper.start()
+                await wait_for(lambda: _objects(client, "lake/trades/"), 20, "a first published file")
+                await wait_health(port, 200, 10)
+                for key in _objects(client):
+                    client.delete_object(Bucket=BUCKET, Key=key)
+                client.delete_bucket(Bucket=BUCKET)
+                body = await wait_health(port, 503, 20)
+                assert any(f"publishing to s3://{BUCKET}/lake failing" in w for w in body["why"]), body
+                failed = value(await scrape(port), "recorder_publish_errors_total")
+                await asyncio.sleep(1.0)
+                assert value(await scrape(port), "recorder_publish_errors_total") > failed  # every attempt
+                client.create_bucket(Bucket=BUCKET)
+                await wait_health(port, 200, 20)
         finally:
-            c.stop()
-            await asyncio.gather(task, return_exceptions=True)
-            await asyncio.to_thread(shipper.close)
-            await exporter.stop()
-    assert _objects(client, "lake/trades/"), "what waited in the spool was published at the end"
+            await asyncio.to_thread(shipper.close)  # what waits in the spool goes up now
+    assert _objects(client, "lake/trades/") and not finished_files(shipper.spool), "the spool went up at the end"
 
 
 def test_the_metrics_line_in_json_logs_carries_the_port(tmp_path):
