@@ -1,0 +1,146 @@
+"""The recorder's per-frame work in one process, without sockets: where each microsecond goes.
+
+Not a test. The BitMart spot simulator's pre-encoded tape (the frames `bench_record.py` sends over a
+socket, raw-deflate binary, interleaved 64 frames per topic as the simulator sends them) is fed to
+a real collector's dispatcher: inflate, decode, book engine, row buffers, raw log (zstd, written to
+disk) and Parquet files (written every `--flush-every` frames, in this thread), all the real code.
+Each stage is then timed alone on the same frames, so the table says what a frame costs where.
+The socket and aiohttp's reader are not in it (bench_record.py measures the whole process; a bare
+aiohttp reader costs about 2 µs a frame when it reads big batches).
+
+CPU time (process_time) is stable to a few per cent here, unlike two processes on a shared machine,
+which is why changes to the hot path are judged on this first and on bench_record.py second.
+
+    python benchmarks/bench_hotpath.py                 # 1 symbol, 200k events
+    python benchmarks/bench_hotpath.py --symbols 100 --events 400000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def tape(symbols: int, events: int) -> tuple[list[bytes], list[str]]:
+    """The simulator's frames in its sending order (snapshots, then 64 frames per topic in turn),
+    and its market ids (the user symbols)."""
+    from recorder.sim.frontends.bitmart_spot import BitmartSpotSim
+
+    sim = BitmartSpotSim(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)
+    sim.build_tapes(sim.market.steps(events))
+    tapes = list(sim._tapes.values())
+    out = [t.snapshot for t in tapes]
+    cursors = [t.depth for t in tapes] + [[f for f, _ in t.trades] for t in tapes]
+    index = [0] * len(cursors)
+    while True:
+        moved = False
+        for i, frames in enumerate(cursors):
+            chunk = frames[index[i] : index[i] + 64]
+            if chunk:
+                out.extend(chunk)
+                index[i] += len(chunk)
+                moved = True
+        if not moved:
+            return out, list(sim._tapes)
+
+
+def collector(symbols: list[str], data: Path, raw: bool):
+    from recorder.collector import Collector, Options
+    from recorder.venues.contract import Instrument
+
+    c = Collector("bitmart", symbols, Options(data_dir=data, raw=raw, ws_url="ws://x", rest_url="http://x"))
+    c.instruments = [Instrument(s, s.replace("-", "_")) for s in symbols]
+    (conn,) = c._open(c.instruments)  # ≤ 100 symbols: one connection holds them all
+    return c, conn
+
+
+def run_pipeline(frames: list[bytes], symbols: list[str], raw: bool, flush_every: int) -> tuple[float, float, int]:
+    """CPU seconds for the whole pipeline over `frames`, of which in Parquet writes, and the rows
+    written."""
+    data = Path(tempfile.mkdtemp(prefix="bench-hotpath-"))
+    try:
+        c, conn = collector(symbols, data, raw)
+        d, rawlog = conn.dispatcher, conn.dispatcher.rawlog
+        raw_every = max(1, flush_every // 25)  # the raw log flushes 5x a second, tables every ~5 s
+        rows, writing = 0, 0.0
+
+        def flush() -> None:
+            nonlocal rows, writing
+            if rawlog is not None:
+                rawlog.sync()
+            w0 = time.process_time()
+            rows += c.sink.write(c.sink.take()) or 0
+            writing += time.process_time() - w0
+
+        recv = time.time_ns() // 1000
+        gc.collect()
+        t0 = time.process_time()
+        for n, f in enumerate(frames, 1):
+            d.frame(recv + n, f)
+            if rawlog is not None and n % raw_every == 0:
+                rawlog.flush()
+            if n % flush_every == 0:
+                flush()
+        flush()
+        if rawlog is not None:
+            rawlog.close()
+        return time.process_time() - t0, writing, rows
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def timed(fn, items) -> float:
+    gc.collect()
+    t0 = time.process_time()
+    for x in items:
+        fn(x)
+    return time.process_time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--symbols", type=int, default=1)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--flush-every", type=int, default=250_000, help="frames between two Parquet flushes")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N for each figure")
+    ap.add_argument("--whole", action="store_true", help="only the whole pipeline (A/B runs of two trees)")
+    a = ap.parse_args()
+
+    from recorder.venues import bitmart_spot as spot
+
+    frames, symbols = tape(a.symbols, a.events)
+    n = len(frames)
+    if a.whole:
+        print(f"{min(run_pipeline(frames, symbols, True, a.flush_every)[0] for _ in range(a.repeat)) / n * 1e6:.2f}")
+        return
+    payloads = [spot.decode(f) for f in frames]
+    best = lambda f: min(f() for _ in range(a.repeat))  # noqa: E731
+
+    inflate = best(lambda: timed(spot.decode, frames))
+    parse = best(lambda: timed(spot.parse, payloads))
+    runs = [run_pipeline(frames, symbols, True, a.flush_every) for _ in range(a.repeat)]
+    whole, writing, rows = min(runs)
+    whole_noraw = min(run_pipeline(frames, symbols, False, a.flush_every)[0] for _ in range(a.repeat))
+
+    us = lambda s: s / n * 1e6  # noqa: E731
+    print(f"{n:,} frames, {a.symbols} symbol(s), {rows:,} rows ({rows / n:.2f} a frame)")
+    print(f"{'stage':<44}{'µs/frame':>10}")
+    table = [
+        ("inflate (decode)", us(inflate)),
+        ("parse (typed JSON -> records)", us(parse)),
+        ("routing, book engine, row buffers (the rest)", us(whole_noraw - writing - inflate - parse)),
+        ("raw log: buffer, zstd, write (by difference)", us(whole - whole_noraw)),
+        ("Parquet: Arrow columns, encode, write", us(writing)),
+        ("whole pipeline, raw log on", us(whole)),
+        ("whole pipeline, raw log off", us(whole_noraw)),
+    ]
+    for name, v in table:
+        print(f"{name:<44}{v:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
