@@ -148,7 +148,7 @@ class Watcher:
                         continue
                     row = rows[-1]
                     key = (id(s), i)
-                    if last.get(key) is row:
+                    if last.get(key) == row:  # the same newest row: nothing new (book rows are made on reading)
                         continue
                     last[key] = row
                     ts, recv = row[0], row[1]

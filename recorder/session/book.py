@@ -13,6 +13,7 @@ import heapq
 from enum import Enum
 
 from recorder.model import BookMessage
+from recorder.storage.bookrows import ROW_ERRORS, BookRows
 from recorder.venues.contract import SequencePolicy, Verdict
 
 _UNKNOWN = None  # cached best price must be recomputed
@@ -84,9 +85,12 @@ class Outcome(Enum):
     CROSSED = "crossed"  # applying left best bid >= best ask: book invalid, resync needed
     OUT_OF_ORDER = "out_of_order"  # a duplicated or backwards update: book invalid, resync needed
     RESTART = "restart"  # the sequence went back (engine restart): book invalid, resync needed
+    # a value the table cannot hold (a time or sequence past 64 bits): applied to the book but no
+    # row written, so the book is invalid and resynced
+    MALFORMED = "malformed"
 
 
-NEED_RESYNC = (Outcome.GAP, Outcome.CROSSED, Outcome.OUT_OF_ORDER, Outcome.RESTART)
+NEED_RESYNC = (Outcome.GAP, Outcome.CROSSED, Outcome.OUT_OF_ORDER, Outcome.RESTART, Outcome.MALFORMED)
 _BY_VERDICT = {Verdict.OUT_OF_ORDER: Outcome.OUT_OF_ORDER, Verdict.RESTART: Outcome.RESTART}
 
 
@@ -119,7 +123,7 @@ class BookSync:
         "gaps",
     )
 
-    def __init__(self, rows: list[tuple], policy: SequencePolicy | None = None) -> None:
+    def __init__(self, rows: BookRows, policy: SequencePolicy | None = None) -> None:
         self.book = OrderBook()
         self.rows = rows
         self.seq: int | None = None
@@ -132,8 +136,7 @@ class BookSync:
 
     def on_message(self, msg: BookMessage, recv_ts: int) -> Outcome:
         if msg.is_snapshot:
-            self._snapshot(msg, recv_ts)
-            return Outcome.SNAPSHOT
+            return self._snapshot(msg, recv_ts)
         if not self.valid:
             return Outcome.WAITING
         seq = msg.seq
@@ -149,7 +152,11 @@ class BookSync:
             return _BY_VERDICT[verdict]
         self.book.apply(msg.bids, msg.asks)
         self.seq = seq
-        self._emit(msg, recv_ts, False)
+        try:
+            self._emit(msg, recv_ts, False)
+        except ROW_ERRORS:
+            self.valid = False
+            return Outcome.MALFORMED
         if self.book.crossed():
             self.valid = False
             self.gaps += 1
@@ -160,18 +167,19 @@ class BookSync:
         """The stream broke (disconnect, unsubscribe): wait for a new snapshot."""
         self.valid = False
 
-    def _snapshot(self, msg: BookMessage, recv_ts: int) -> None:
+    def _snapshot(self, msg: BookMessage, recv_ts: int) -> Outcome:
         self.snapshots += 1
         self.book.clear()
         self.book.apply(msg.bids, msg.asks)
         self.seq = msg.seq
+        try:
+            self._emit(msg, recv_ts, True)
+        except ROW_ERRORS:
+            self.valid = False
+            return Outcome.MALFORMED
         self.valid = not self.book.crossed()
-        self._emit(msg, recv_ts, True)
+        return Outcome.SNAPSHOT
 
     def _emit(self, msg: BookMessage, recv_ts: int, snap: bool) -> None:
-        ts, seq, rows = msg.ts, msg.seq, self.rows
-        self.last_ts = ts
-        for p, q in msg.bids:
-            rows.append((ts, recv_ts, seq, snap, "bid", p, q))  # a BookUpdateRow
-        for p, q in msg.asks:
-            rows.append((ts, recv_ts, seq, snap, "ask", p, q))
+        self.last_ts = msg.ts
+        self.rows.add(msg.ts, recv_ts, msg.seq, snap, msg.bids, msg.asks)  # BookUpdateRows, columnwise

@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.model import DICTIONARY_COLUMNS, SCHEMAS
+from recorder.storage.bookrows import ROW_BYTES as BOOK_ROW_BYTES
+from recorder.storage.bookrows import BookRows
 from recorder.storage.layout import is_temp, partition_dir, run_id, run_of, temp_path, unique_name
 
 DAY_US = 86_400_000_000
@@ -43,7 +45,7 @@ COMPACT_ZSTD_LEVEL = 9
 MARKER_PREFIX = ".replace-"
 # Bytes of Python objects one buffered row of each table holds, until a written batch of that table
 # has been measured (`row_bytes`); deliberately on the high side.
-ROW_BYTES_GUESS = {"book_updates": 250, "book_snapshots": 6_000, "events": 800}
+ROW_BYTES_GUESS = {"book_updates": BOOK_ROW_BYTES, "book_snapshots": 6_000, "events": 800}
 ROW_BYTES_DEFAULT = 400
 SAMPLE_ROWS = 64
 
@@ -72,10 +74,12 @@ def row_bytes(rows: list[tuple]) -> float:
     return total / max(1, len(rows)) + 8
 
 
-def rows_to_table(table: str, rows: list[tuple]) -> pa.Table:
+def rows_to_table(table: str, rows: list[tuple] | BookRows) -> pa.Table:
     schema = SCHEMAS[table]
     if not rows:
         return schema.empty_table()
+    if type(rows) is BookRows:
+        return rows.to_table(schema)
     if set(map(len, rows)) != {len(schema)}:
         raise ValueError(f"{table} rows must have {len(schema)} values")
     return pa.Table.from_arrays([_column(rows, i, f.type) for i, f in enumerate(schema)], schema=schema)
@@ -303,7 +307,7 @@ class ParquetSink:
         if buf is None:
             if table not in SCHEMAS:
                 raise KeyError(f"unknown table {table!r}")
-            buf = self._buffers[key] = []
+            buf = self._buffers[key] = BookRows() if table == "book_updates" else []  # type: ignore[assignment]
         return buf
 
     def pending_rows(self) -> int:
@@ -320,8 +324,11 @@ class ParquetSink:
         for key in self._buffers if keys is None else keys:
             buf = self._buffers[key]
             if buf:
-                taken[key] = buf[:]
-                buf.clear()  # keep the list object (appenders hold it); clear() frees its capacity
+                if type(buf) is BookRows:
+                    taken[key] = buf.detach()  # type: ignore[assignment]
+                else:
+                    taken[key] = buf[:]
+                    buf.clear()  # keep the list object (appenders hold it); clear() frees its capacity
         return taken
 
     def take_largest(self, keep_bytes: float) -> dict[tuple[str, str, str], list[tuple]]:
@@ -362,8 +369,8 @@ class ParquetSink:
             try:
                 for key, rows in taken.items():
                     table, exchange, symbol = key
-                    if len(rows) > measured.get(table, (0, 0.0))[0]:  # the biggest batch of each table
-                        mid = max(0, len(rows) // 2 - SAMPLE_ROWS // 2)
+                    if type(rows) is not BookRows and len(rows) > measured.get(table, (0, 0.0))[0]:
+                        mid = max(0, len(rows) // 2 - SAMPLE_ROWS // 2)  # the biggest batch of each table
                         measured[table] = (len(rows), row_bytes(rows[mid : mid + SAMPLE_ROWS]))
                     tbl = rows_to_table(table, rows)
                     if source is not None:
@@ -376,7 +383,7 @@ class ParquetSink:
                         p.unlink()
                 self.files_written, self.rows_written = counters
                 for key, rows in taken.items():
-                    self._buffers.setdefault(key, [])[:0] = rows  # back in front: order is kept
+                    self.buffer(*key)[:0] = rows  # back in front: order is kept
                 msg = f"cannot write to {self.data_dir}: {exc.strerror or exc}"
                 if self.on_error is None:
                     raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from recorder.model import BookMessage
 from recorder.session.book import BookSync, Outcome
+from recorder.storage.bookrows import BookRows
 from recorder.venues.bitmart_spot import VersionChain
 from recorder.venues.contract import Verdict
 
@@ -14,7 +15,7 @@ def msg(seq, bids=(), asks=(), snap=False, ts=1):
 
 
 def test_version_chain_snapshot_apply_stale_gap():
-    rows: list = []
+    rows = BookRows()
     s = BookSync(rows, VersionChain())
     assert s.on_message(msg(5, [(10.0, 1.0)], [(11.0, 1.0)]), 0) is Outcome.WAITING
     assert s.on_message(msg(4, [(10.0, 1.0)], [(11.0, 2.0)], snap=True), 0) is Outcome.SNAPSHOT
@@ -30,14 +31,14 @@ def test_version_chain_snapshot_apply_stale_gap():
 
 
 def test_crossed_update_invalidates():
-    s = BookSync([])
+    s = BookSync(BookRows())
     s.on_message(msg(1, [(10.0, 1.0)], [(11.0, 1.0)], snap=True), 0)
     assert s.on_message(msg(2, [(11.0, 1.0)]), 0) is Outcome.CROSSED
     assert not s.valid
 
 
 def test_best_prices_follow_deletes_and_inserts():
-    s = BookSync([])
+    s = BookSync(BookRows())
     s.on_message(msg(1, [(10.0, 1.0), (9.0, 1.0)], [(11.0, 1.0), (12.0, 1.0)], snap=True), 0)
     s.on_message(msg(2, [(10.0, 0.0)], [(11.0, 0.0), (10.5, 2.0)]), 0)
     assert s.book.best_bid() == 9.0 and s.book.best_ask() == 10.5
@@ -45,7 +46,7 @@ def test_best_prices_follow_deletes_and_inserts():
 
 
 def test_version_chain_duplicated_update_is_out_of_order_and_empty_push_drops():
-    s = BookSync([], VersionChain())
+    s = BookSync(BookRows(), VersionChain())
     s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
     assert s.on_message(msg(4, [], []), 0) is Outcome.APPLIED  # an empty push that advances: no rows, seq moves
     assert s.seq == 4 and s.valid
@@ -55,7 +56,7 @@ def test_version_chain_duplicated_update_is_out_of_order_and_empty_push_drops():
 
 
 def test_strict_default_rule_repeat_is_out_of_order_ahead_is_gap():
-    s = BookSync([])
+    s = BookSync(BookRows())
     s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
     assert s.on_message(msg(3), 0) is Outcome.OUT_OF_ORDER
     s.on_message(msg(3, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
@@ -68,7 +69,7 @@ class BackwardsIsRestart:
 
 
 def test_policy_restart_verdict():
-    s = BookSync([], BackwardsIsRestart())
+    s = BookSync(BookRows(), BackwardsIsRestart())
     s.on_message(msg(30, [(1.0, 1.0)], [(2.0, 1.0)], snap=True), 0)
     assert s.on_message(msg(2, [(1.0, 2.0)]), 0) is Outcome.RESTART
     assert not s.valid

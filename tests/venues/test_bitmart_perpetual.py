@@ -26,6 +26,7 @@ from recorder.model import (
     TradeBatch,
 )
 from recorder.session.book import BookSync, Outcome
+from recorder.storage.bookrows import BookRows
 from recorder.venues import bitmart_perpetual as bp
 from recorder.venues.bitmart_perpetual import BitmartPerpetual
 from recorder.venues.contract import Instrument, Resync, Subscribe, VenueError
@@ -76,7 +77,7 @@ def test_empty_push_advances_the_version_and_is_applied():
     assert (empty.symbol, empty.seq, empty.is_snapshot, empty.bids, empty.asks) == (
         "ASTEROIDETHUSDT", 2754386, False, [], []
     )
-    rows: list[tuple] = []
+    rows = BookRows()
     sync = BookSync(rows, VENUE.sequence_policy())
     snap = BookMessage("ASTEROIDETHUSDT", 2754385, True, 1, [(1.0, 2.0)], [(2.0, 1.0)])
     assert sync.on_message(snap, 1) is Outcome.SNAPSHOT

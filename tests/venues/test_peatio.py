@@ -31,6 +31,7 @@ from recorder.model import (
 from recorder.session.book import BookSync, Outcome
 from recorder.session.dispatcher import Dispatcher, Topic
 from recorder.session.stream import Stream
+from recorder.storage.bookrows import BookRows
 from recorder.storage.sink import ParquetSink
 from recorder.venues import peatio as pt
 from recorder.venues.contract import Instrument, RestRequest, Resync, Subscribe, VenueError, Verdict
@@ -376,7 +377,8 @@ def test_klines_parse_rows_numbers_or_strings_and_the_error_envelope():
 
 
 def inc(seq: int, **sides) -> BookMessage:
-    return BookMessage("btcusdt", seq, False, None, sides.get("bids", []), sides.get("asks", []))
+    # ts 1: the dispatcher gives a message without an event time its receive time before the book
+    return BookMessage("btcusdt", seq, False, 1, sides.get("bids", []), sides.get("asks", []))
 
 
 def test_sequence_policy_verdicts():
@@ -386,7 +388,7 @@ def test_sequence_policy_verdicts():
     assert p.check(10, inc(9)) is Verdict.RESTART
     assert p.check(10, inc(10)) is Verdict.OUT_OF_ORDER
     assert p.check(10, inc(10, asks=[(1.0, 1.0)])) is Verdict.OUT_OF_ORDER
-    rows: list = []
+    rows = BookRows()
     b = BookSync(rows, p)
     b.on_message(BookMessage("btcusdt", 5, True, 1, [(10.0, 1.0)], [(11.0, 1.0)]), 1)
     assert b.on_message(inc(6, bids=[(10.0, 0.0)]), 2) is Outcome.APPLIED
