@@ -8,7 +8,10 @@ from collections.abc import Callable
 
 from recorder.model import (
     DEFAULT_CAUSE,
+    ERROR,
+    TRADES,
     BookSnapshotRow,
+    Cause,
     DerivativeTicker,
     DerivativeTickerRow,
     EventRow,
@@ -19,6 +22,9 @@ from recorder.storage.sink import ParquetSink
 from recorder.venues.contract import Instrument, SequencePolicy
 
 RECENT_TRADE_IDS = 10_000  # trade ids remembered per stream to drop a venue's repeats
+
+
+_MIN_TS, _MAX_TS = -(2**63), 2**63 - 1  # int64 microseconds
 
 
 def now_us() -> int:
@@ -75,6 +81,9 @@ class Stream:
         rows, recent = self.trades, self.recent_trades
         start = len(rows)
         for ts, tid, side, price, amount in batch.trades:
+            if not _MIN_TS <= ts <= _MAX_TS:  # no timestamp column holds it: said, never a broken flush
+                self.event(TRADES, ERROR, f"trade with a time no column can hold (ts {ts}): not stored", recv, Cause.DECODE)
+                continue
             if tid is None:
                 key = (ts, side, price, amount)
                 if self.replay_guard is not None and self._is_replayed(key, ts):

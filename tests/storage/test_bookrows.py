@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.model import BOOK, ERROR, SCHEMAS, Cause
+from recorder.model import BOOK, ERROR, SCHEMAS, TRADES, Cause
 from recorder.session.dispatcher import Dispatcher, Topic
 from recorder.session.stream import Stream
 from recorder.storage.bookrows import ROW_ERRORS, BookRows
@@ -119,3 +119,18 @@ def test_an_event_time_past_64_bits_resyncs_the_book_and_the_flush_still_writes(
     assert sink.flush() == 6 + others  # book rows, events, snapshot rows: the flush did not break
     got = pq.read_table(next((tmp_path / "book_updates").rglob("*.parquet"))).column("seq").to_pylist()
     assert got == [100, 100, 101, 101, 103, 103]
+
+
+def test_a_trade_time_past_64_bits_is_an_error_event_and_the_other_trades_are_written(tmp_path) -> None:
+    venue, inst = BitmartSpot(), Instrument("BTC-USDT", "BTC_USDT")
+    sink = ParquetSink(tmp_path)
+    stream = Stream(sink, "bitmart", inst, venue.sequence_policy())
+    d = Dispatcher(venue.codec([inst]), [Topic(venue.topic(TRADES, inst), TRADES, stream)], depth=5, rawlog=None)
+    t0 = 1_767_225_600_000_000
+    items = [{"symbol": "BTC_USDT", "side": "buy", "price": "1", "size": "2", "ms_t": ms}
+             for ms in (t0 // 1000, 2**62, t0 // 1000 + 1)]
+    d.frame(t0, orjson.dumps({"table": "spot/trade", "data": items}).decode())
+    assert [(e[2], e[3], e[5]) for e in stream.events] == [(TRADES, ERROR, Cause.DECODE)]
+    assert sink.flush() == 3  # two trades and the event
+    got = pq.read_table(next((tmp_path / "trades").rglob("*.parquet"))).column("ts").cast("int64").to_pylist()
+    assert got == [t0, t0 + 1000]
