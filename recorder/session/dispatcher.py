@@ -30,7 +30,8 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
-from recorder.session.book import NEED_RESYNC, Outcome
+from recorder.session.book import APPLIED, NEED_RESYNC, SNAPSHOT, WAITING, Outcome
+from recorder.session.book import STALE as DROPPED
 from recorder.session.stream import Stream
 from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.venues.contract import Codec, Intent, RestPoll, Resync, Subscribe, VenueError
@@ -103,7 +104,7 @@ class Dispatcher:
             return
         if self.rawlog is not None:
             self.rawlog.frame(recv, raw)
-        self.payload(recv, raw)
+        self.route(self._parse(raw), recv)  # payload(), inlined: this runs once a frame
 
     def rest(self, recv: int, poll: str, wire: str, doc: object) -> None:
         """A REST poll's answer for one instrument: logged, then routed like a parsed frame."""
@@ -216,9 +217,9 @@ class Dispatcher:
         s = topic.stream
         was_valid = s.book.valid
         outcome = s.book.on_message(m, recv)
-        if outcome is Outcome.APPLIED or outcome is Outcome.WAITING or outcome is Outcome.STALE:
+        if outcome is APPLIED or outcome is WAITING or outcome is DROPPED:
             return
-        if outcome is Outcome.SNAPSHOT:
+        if outcome is SNAPSHOT:
             topic.resync_since, topic.resync_tries = None, 0
             if s.book.valid:
                 why = "replaces valid book" if was_valid else "starts book"

@@ -161,7 +161,13 @@ class RawLog:
         """Buffer one record (no I/O here: a full disk must not break the receive path)."""
         if self._need_header:
             self._start_part(recv_us)
-        self._append(recv_us, kind, payload.encode() if isinstance(payload, str) else payload)
+        if type(payload) is str:
+            payload = payload.encode()
+        self.records += 1  # _append(), inlined: this runs once a frame
+        self._buffered_records += 1
+        buf = self._buf
+        buf += _REC.pack(recv_us, kind, len(payload))
+        buf += payload
 
     @property
     def buffered_records(self) -> int:

@@ -141,7 +141,14 @@ def decode(frame: bytes | str) -> bytes | str:
 
     Raises ValueError (or zlib.error) for an invalid deflate stream or one past the size cap.
     """
-    if isinstance(frame, bytes | bytearray | memoryview):
+    if type(frame) is bytes:
+        if len(frame) < _SMALL_FRAME:  # inflate()'s first step, inlined: this runs once a frame
+            try:
+                return isal_decompress(frame, -zlib.MAX_WBITS)
+            except IsalError:
+                pass
+        return inflate(frame)
+    if isinstance(frame, bytearray | memoryview):
         return inflate(bytes(frame))
     return frame
 
