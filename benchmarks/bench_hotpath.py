@@ -8,18 +8,28 @@ Each stage is then timed alone on the same frames, so the table says what a fram
 The socket and aiohttp's reader are not in it (bench_record.py measures the whole process; a bare
 aiohttp reader costs about 2 µs a frame when it reads big batches).
 
-CPU time (process_time) is stable to a few per cent here, unlike two processes on a shared machine,
-which is why changes to the hot path are judged on this first and on bench_record.py second.
+On this project's VM even one process's CPU time moves by 10-30 % from run to run (the host's other
+guests), so `--instructions` counts instead: the pipeline's machine instructions a frame under
+valgrind (cachegrind without its cache model; two runs of this script, with and without the
+pipeline, and their difference over the frames). The count is the same to a few hundred in every
+run; it does not see cache misses or branch mispredictions (inflate's biggest cost), so changes are
+judged on it first and on bench_record.py's CPU per message second. The stage table divides the
+work by timing each stage alone on the same frames; alone they run on cold lists, so they read a
+little high and "the rest" (by difference) a little low.
 
     python benchmarks/bench_hotpath.py                 # 1 symbol, 200k events
     python benchmarks/bench_hotpath.py --symbols 100 --events 400000
+    python benchmarks/bench_hotpath.py --instructions  # needs valgrind; 20k events, ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,6 +103,20 @@ def run_pipeline(frames: list[bytes], symbols: list[str], raw: bool, flush_every
         shutil.rmtree(data, ignore_errors=True)
 
 
+def instructions(symbols: int, events: int) -> float:
+    """The pipeline's instructions a frame: valgrind runs of this script without and with it."""
+    counts = []
+    for child in ("setup", "pipeline"):
+        cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+               sys.executable, __file__, "--symbols", str(symbols), "--events", str(events), "--child", child]
+        err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        m = re.search(r"I\s+refs:\s+([\d,]+)", err)
+        if m is None:
+            raise SystemExit(f"no instruction count from valgrind: {err[-300:]}")
+        counts.append(int(m.group(1).replace(",", "")))
+    return (counts[1] - counts[0]) / len(tape(symbols, events)[0])
+
+
 def timed(fn, items) -> float:
     gc.collect()
     t0 = time.process_time()
@@ -108,11 +132,22 @@ def main() -> None:
     ap.add_argument("--flush-every", type=int, default=250_000, help="frames between two Parquet flushes")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for each figure")
     ap.add_argument("--whole", action="store_true", help="only the whole pipeline (A/B runs of two trees)")
+    ap.add_argument("--instructions", action="store_true", help="instructions a frame, under valgrind")
+    ap.add_argument("--child", choices=["setup", "pipeline"], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.instructions:
+        events = a.events if a.events != 200_000 else 20_000
+        print(f"{instructions(a.symbols, events):,.0f} instructions a frame ({a.symbols} symbol(s), {events:,} events)")
+        return
 
     from recorder.venues import bitmart_spot as spot
 
     frames, symbols = tape(a.symbols, a.events)
+    if a.child:  # under valgrind: imports and set-up (one Parquet write of each table), then the pipeline
+        run_pipeline(frames[:200], symbols, True, 10**9)
+        if a.child == "pipeline":
+            run_pipeline(frames, symbols, True, 10**9)
+        return
     n = len(frames)
     if a.whole:
         print(f"{min(run_pipeline(frames, symbols, True, a.flush_every)[0] for _ in range(a.repeat)) / n * 1e6:.2f}")
