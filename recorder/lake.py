@@ -60,7 +60,24 @@ def check_data_dir(data_dir: str | Path) -> Path:
         raise RecorderError(f"no data dir at {root} (it does not exist)")
     if not root.is_dir():
         raise RecorderError(f"data dir {root} is not a directory")
+    with os.scandir(root) as it:
+        names = [e.name for e in it]
+    if names and not _holds_recorder_data(names):
+        inner = [n for n in sorted(names)[:200] if (root / n).is_dir() and _holds_recorder_data(os.listdir(root / n))]
+        raise RecorderError(_not_a_data_dir(str(root), [str(root / n) for n in inner]))
     return root
+
+
+def _holds_recorder_data(names: Iterable[str]) -> bool:
+    """Whether a directory listing has any of the recorder's own entries (a table, raw logs, run
+    state, a bucket's markers). An empty directory is an empty data dir; a directory with other
+    things only is not one (a path one level off must not look like an empty recording)."""
+    return not {os.path.basename(str(n).rstrip("/")) for n in names}.isdisjoint(_DATA_DIR_ENTRIES)
+
+
+def _not_a_data_dir(where: str, inner: list[str]) -> str:
+    hint = f": did you mean {inner[0]}?" if len(inner) == 1 else (f": data dirs inside: {', '.join(inner[:3])}" if inner else "")
+    return f"{where} is not a data dir (none of trades/, book_updates/, events/, raw/ ... in it){hint}"
 
 
 def refuse_remote(data_dir: str | Path) -> None:
@@ -249,9 +266,19 @@ def check_remote(url, fs) -> None:
         found = []
     if not found:
         raise RecorderError(f"no data dir at {url} (nothing under that prefix)")
+    if not _holds_recorder_data(found):
+        inner = []
+        for path in sorted(found)[:50]:
+            try:
+                if _holds_recorder_data(fs.ls(path, detail=False)):
+                    inner.append(f"s3://{path.rstrip('/')}")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        raise RecorderError(_not_a_data_dir(str(url), inner))
 
 
 MARKERS_DIR = ".markers"  # a bucket's replacement markers (see recorder.storage.remote)
+_DATA_DIR_ENTRIES = {*SCHEMAS, "raw", ".runs", MARKERS_DIR}
 
 
 def marker_hidden(markers: Iterable[dict], present: set[str]) -> set[str]:

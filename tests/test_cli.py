@@ -281,3 +281,24 @@ def test_a_reader_that_goes_away_early_is_not_an_error(tmp_path):
         assert proc.wait(timeout=60) == 141, err
         assert err == "", err
 
+
+
+def test_a_directory_that_is_not_a_data_dir_is_one_line_in_every_reader(tmp_path):
+    """A path one level off must not read as an empty recording: readers say so, and point at a
+    data dir inside it; an empty directory is an empty data dir."""
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    up = tmp_path / "up"
+    (up / "rec" / "trades").mkdir(parents=True)
+    (up / "README").write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["sql", "select 1"], ["status"], ["compact"], ["candles", "build"]):
+        p = run(*args, "--data-dir", str(other), cwd=tmp_path)
+        assert_one_line_error(p, f"{other} is not a data dir")
+        p = run(*args, "--data-dir", str(up), cwd=tmp_path)
+        assert_one_line_error(p, f"did you mean {up / 'rec'}?")
+    assert sorted(os.listdir(other)) == ["todo.txt"]  # nothing was created in it (no candles/.state)
+    p = run("sql", "select 1", "--data-dir", str(empty), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr

@@ -408,6 +408,11 @@ def test_recorder_status_over_a_bucket(lake):
     assert p.returncode == 0, p.stderr
     assert "BTC-USDT" in p.stdout and "ETH-USDT" in p.stdout
     assert "trades" in p.stdout.split("on disk:")[1] and "raw" in p.stdout.split("on disk:")[1]
+    # the bucket's root is no data dir: one line, naming the data dir inside it
+    p = subprocess.run([RECORDER, "status", "--data-dir", url.rsplit("/", 1)[0]], capture_output=True, text=True,
+                       timeout=60, env=env)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode != 0 and len(lines) == 1 and "is not a data dir" in p.stderr and url in p.stderr, p.stderr
 
 
 def test_a_missing_bucket_or_prefix_and_unsupported_commands_are_one_line_errors(s3, tmp_path):
