@@ -9,7 +9,8 @@ by one small task (`Watcher`, every `WATCHDOG_TICK`):
   watchdog's arithmetic, so `/healthz` judges a silence by the same learned limit
   (`Options.silence_limit`) as the collector does; unlike the connection's watch it outlives a
   reconnect, so a socket that reconnects to a dead server does not look fresh again;
-- books that stay invalid (a resync that does not come), once a second;
+- topics that stay unacknowledged (a subscription refused again and again) and books that stay
+  invalid (a resync that does not come), once a second;
 - the exchange-to-receive lag: once a second, the newest row of each stream's `trades` and
   `book_updates` buffer, if it is new, gives one sample of `recv_ts - ts` (rows whose venue gives no
   exchange time carry `ts == recv_ts` and are skipped): at most one sample per stream, channel and
@@ -129,12 +130,13 @@ class Watcher:
                 self.published, self.last_publish = n, time.time()
 
     def _sample_books(self, now: float) -> None:
-        """Books invalid (or not acknowledged) since when, to a `SAMPLE_INTERVAL`."""
+        """Topics unacknowledged (a subscription refused or unanswered) or, for a book, invalid,
+        since when, to a `SAMPLE_INTERVAL`."""
         invalid = self.invalid_since
         for c in self.collectors:
             for x in list(c.connections):
                 for tp in list(x.topics):
-                    if tp.channel != BOOK or (tp.stream.book.valid and tp.acked):
+                    if tp.acked and (tp.channel != BOOK or tp.stream.book.valid):
                         invalid.pop(id(tp), None)
                     else:
                         invalid.setdefault(id(tp), now)
@@ -164,8 +166,9 @@ class Watcher:
 
     def problems(self, now: float) -> list[str]:
         """Why the recorder is not healthy (empty: healthy). A stream is unhealthy once it has had no
-        frame for longer than its connection's learned silence limit plus the probe's timeout, or once its book has been
-        invalid (or its topic unacknowledged while the book waits) that long; a collector is while
+        frame for longer than its connection's learned silence limit plus the probe's timeout, or once a
+        topic of it has gone unacknowledged (refused, say, while heartbeats keep the socket alive) or its
+        book invalid for longer than that limit; a collector is while
         its disk refuses writes, or while it has no stream yet (starting)."""
         out = []
         sh = self.shipper
@@ -195,7 +198,8 @@ class Watcher:
                 for tp in x.topics:
                     since = self.invalid_since.get(id(tp))
                     if since is not None and now - since > limit:
-                        out.append(f"{c.exchange} {tp.stream.user} book: not valid for {now - since:.1f} s "
+                        what = "not valid" if tp.channel == BOOK and tp.acked else "not subscribed"
+                        out.append(f"{c.exchange} {tp.stream.user} {tp.channel}: {what} for {now - since:.1f} s "
                                    f"(its silence limit {limit:.1f} s)")
         return out
 

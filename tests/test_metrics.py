@@ -283,6 +283,25 @@ async def test_port_in_use_is_one_clear_error():
         await first.stop()
 
 
+async def test_healthz_says_when_a_subscription_keeps_being_refused(tmp_path):
+    """Trades only, every subscription refused: the socket stays alive (the refusals and the pings'
+    answers are frames), so only the topic's missing acknowledgement says the stream is not
+    recorded. /healthz turns 503 naming it, and 200 once the exchange takes the subscription."""
+    from recorder.sim import BitmartSpotSim
+
+    async with BitmartSpotSim(symbols=["BTC_USDT"], seed=5, rate=20) as sim:
+        sim.fail_next_subscribe(10_000)
+        c = Collector("bitmart", ["BTC-USDT"], options(tmp_path, sim, channels=("trades",), refused_retry=0.2))
+        async with exported(c) as (port, _):
+            body = await wait_health(port, 503, 20)
+            assert any("BTC-USDT trades: not subscribed" in w for w in body["why"]), body
+            assert not any("no data for" in w for w in body["why"]), body  # the socket is alive
+            sim._fail_subscribe = 0  # the exchange takes it again
+            body = await wait_health(port, 200, 20)
+            assert body["why"] == []
+            await wait_for(lambda: c.topics_acked() == 1, 5, "the subscription acknowledged")
+
+
 async def test_a_quiet_market_stays_healthy(tmp_path):
     """A market trading once every few seconds: the connection crosses its silence limit between
     trades, the watchdog's ping is answered, and /healthz never says 503 for it."""
