@@ -24,7 +24,7 @@ EXAMPLES = {
         "recorder run bitmart BTC-USDT ETH-USDT --data-dir data",
         "recorder run bitmart --all --quote USDT --log-format json",
     ),
-    "simulate": examples("recorder simulate bitmart --port 8765 --rate 200"),
+    "simulate": examples("recorder simulate bitmart --port 8765 --rate 200", "recorder simulate altmarkets --port 0 --log-format json"),
     "sql": examples(
         'recorder sql "select side, count(*) from trades group by side"',
         'recorder sql "select * from events" --format csv > events.csv',
@@ -182,11 +182,17 @@ def simulate(
         + ", ".join(FAULTS),
     ),
     fault_every: float = typer.Option(10.0, "--fault-every", help="seconds between two injected faults"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: every line (URLs, faults, logs) one JSON object"
+    ),
 ) -> None:
     """Run an exchange simulator standalone (prints its ws and rest URLs and where it listens)."""
     from recorder.app.simulate import simulate_forever
 
     def go() -> None:
+        from recorder.app import console
+
+        console.configure(log_format)
         checks.tcp_port(port)
         checks.non_negative(rate, "--rate", "full speed")
         checks.positive(fault_every, "--fault-every")

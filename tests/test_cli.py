@@ -302,3 +302,22 @@ def test_a_directory_that_is_not_a_data_dir_is_one_line_in_every_reader(tmp_path
     assert sorted(os.listdir(other)) == ["todo.txt"]  # nothing was created in it (no candles/.state)
     p = run("sql", "select 1", "--data-dir", str(empty), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
+
+
+def test_simulate_log_format_json_gives_the_urls_as_fields(tmp_path):
+    import json
+
+    sim = subprocess.Popen(
+        [RECORDER, "simulate", "bitmart", "--port", "0", "--log-format", "json", "--fault", "garbage",
+         "--fault-every", "0.5"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first, second, third = (json.loads(sim.stdout.readline()) for _ in range(3))
+    finally:
+        sim.terminate()
+        sim.communicate(timeout=20)
+    assert first["level"] == "info" and first["port"] > 0
+    assert first["ws"].startswith(f"ws://127.0.0.1:{first['port']}/") and first["rest"] == f"http://127.0.0.1:{first['port']}"
+    assert second["faults"] == ["garbage"] and second["every_s"] == 0.5
+    assert third["msg"].startswith("fault garbage:")

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recorder import venues
+from recorder.app.console import json_line, json_logs
 from recorder.app.signals import install_signal_handlers
 from recorder.errors import RecorderError
 
@@ -47,15 +48,19 @@ async def simulate_forever(
         await sim.start(host=host, port=port)
     except OSError as exc:
         raise RecorderError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    # the first line starts with `ws` (scripts read it); then where it really listens
-    print(f"ws   {sim.ws_url}\nrest {sim.rest_url}\n{listening_line(host, sim.port, sim.ws_url)}", flush=True)
+    listening = listening_line(host, sim.port, sim.ws_url)
+    if json_logs():  # --log-format json: one JSON object a line, the URLs as fields
+        say(json_line("info", listening, {"ws": sim.ws_url, "rest": sim.rest_url, "host": host, "port": sim.port}))
+    else:  # the first line starts with `ws` (scripts read it); then where it really listens
+        say(f"ws   {sim.ws_url}\nrest {sim.rest_url}\n{listening}")
     stop = asyncio.Event()
     install_signal_handlers(stop.set)
     injector = None
     if faults:
-        print(f"faults: {', '.join(faults)}, one every {fault_every:g} s", flush=True)
+        line = f"faults: {', '.join(faults)}, one every {fault_every:g} s"
+        say(json_line("info", line, {"faults": faults, "every_s": fault_every}) if json_logs() else line)
         injector = asyncio.create_task(
-            inject_forever(sim, faults, fault_every, lambda line: print(line, flush=True), seed)
+            inject_forever(sim, faults, fault_every, lambda line: say(json_line("info", line) if json_logs() else line), seed)
         )
     try:
         await stop.wait()
@@ -63,6 +68,10 @@ async def simulate_forever(
         if injector is not None:
             injector.cancel()
         await sim.stop()
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 WILDCARDS = ("", "0.0.0.0", "::")
