@@ -62,7 +62,7 @@ def check_data_dir(data_dir: str | Path) -> Path:
         raise RecorderError(f"data dir {root} is not a directory")
     with os.scandir(root) as it:
         names = [e.name for e in it]
-    if names and not _holds_recorder_data(names):
+    if not _holds_recorder_data(names) and any(_foreign(n) for n in names):
         inner = [n for n in sorted(names)[:200] if (root / n).is_dir() and _holds_recorder_data(os.listdir(root / n))]
         raise RecorderError(_not_a_data_dir(str(root), [str(root / n) for n in inner]))
     return root
@@ -73,6 +73,12 @@ def _holds_recorder_data(names: Iterable[str]) -> bool:
     state, a bucket's markers). An empty directory is an empty data dir; a directory with other
     things only is not one (a path one level off must not look like an empty recording)."""
     return not {os.path.basename(str(n).rstrip("/")) for n in names}.isdisjoint(_DATA_DIR_ENTRIES)
+
+
+def _foreign(name: str) -> bool:
+    """An entry that makes a directory without recorder entries something else than an empty data
+    dir (hidden files such as .DS_Store and a fresh volume's lost+found do not)."""
+    return not name.startswith(".") and name != "lost+found"
 
 
 def _not_a_data_dir(where: str, inner: list[str]) -> str:

@@ -285,15 +285,16 @@ def test_a_reader_that_goes_away_early_is_not_an_error(tmp_path):
 
 def test_a_directory_that_is_not_a_data_dir_is_one_line_in_every_reader(tmp_path):
     """A path one level off must not read as an empty recording: readers say so, and point at a
-    data dir inside it; an empty directory is an empty data dir."""
+    data dir inside it; an empty directory (or one with only hidden entries and lost+found) is an empty data dir."""
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("x")
     up = tmp_path / "up"
     (up / "rec" / "trades").mkdir(parents=True)
     (up / "README").write_text("x")
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    empty = tmp_path / "empty"  # a fresh volume: nothing but its lost+found and a hidden file
+    (empty / "lost+found").mkdir(parents=True)
+    (empty / ".DS_Store").write_text("x")
     for args in (["sql", "select 1"], ["status"], ["compact"], ["candles", "build"]):
         p = run(*args, "--data-dir", str(other), cwd=tmp_path)
         assert_one_line_error(p, f"{other} is not a data dir")
