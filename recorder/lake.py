@@ -63,7 +63,7 @@ def check_data_dir(data_dir: str | Path) -> Path:
     with os.scandir(root) as it:
         names = [e.name for e in it]
     if not _holds_recorder_data(names) and any(_foreign(n) for n in names):
-        inner = [n for n in sorted(names)[:200] if (root / n).is_dir() and _holds_recorder_data(os.listdir(root / n))]
+        inner = [n for n in sorted(names)[:200] if _holds_recorder_data(_listing(root / n))]
         raise RecorderError(_not_a_data_dir(str(root), [str(root / n) for n in inner]))
     return root
 
@@ -73,6 +73,14 @@ def _holds_recorder_data(names: Iterable[str]) -> bool:
     state, a bucket's markers). An empty directory is an empty data dir; a directory with other
     things only is not one (a path one level off must not look like an empty recording)."""
     return not {os.path.basename(str(n).rstrip("/")) for n in names}.isdisjoint(_DATA_DIR_ENTRIES)
+
+
+def _listing(path: Path) -> list[str]:
+    """A subdirectory's entries; nothing for a file or one that cannot be read (a hint, never an error)."""
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _foreign(name: str) -> bool:

@@ -96,7 +96,7 @@ class Watcher:
         self.collectors = collectors
         self.shipper = shipper
         self.conns: dict[int, _ConnWatch] = {}  # id(Connection) ->
-        self.invalid_since: dict[int, float] = {}  # id(book Topic) -> monotonic time first seen invalid
+        self.invalid_since: dict[int, float] = {}  # id(Topic) -> monotonic time first seen unacked / invalid
         self.lag: dict[tuple[str, str], _Lag] = {}
         self._last_rows: dict[tuple[int, int], tuple] = {}  # (id(stream), buffer index) -> newest row sampled
         self._last_sample = 0.0
@@ -121,7 +121,7 @@ class Watcher:
                 w.watch.tick(now, total, w.last_seen)
         if now - self._last_sample >= SAMPLE_INTERVAL:
             self._last_sample = now
-            self._sample_books(now)
+            self._sample_topics(now)
             self._sample_lag()
         if self.shipper is not None:
             res = self.shipper.publisher.result
@@ -129,7 +129,7 @@ class Watcher:
             if n != self.published:
                 self.published, self.last_publish = n, time.time()
 
-    def _sample_books(self, now: float) -> None:
+    def _sample_topics(self, now: float) -> None:
         """Topics unacknowledged (a subscription refused or unanswered) or, for a book, invalid,
         since when, to a `SAMPLE_INTERVAL`."""
         invalid = self.invalid_since

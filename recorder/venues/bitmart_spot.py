@@ -118,6 +118,11 @@ def inflate(data: bytes) -> bytes:
             return isal_decompress(data, -zlib.MAX_WBITS)
         except IsalError:
             pass
+    return _inflate_zlib(data)
+
+
+def _inflate_zlib(data: bytes) -> bytes:
+    """`inflate` without ISA-L: zlib alone decides what is an error, and caps big frames."""
     try:
         return _inflate(data, -zlib.MAX_WBITS)
     except zlib.error:
@@ -141,13 +146,13 @@ def decode(frame: bytes | str) -> bytes | str:
 
     Raises ValueError (or zlib.error) for an invalid deflate stream or one past the size cap.
     """
-    if type(frame) is bytes:
-        if len(frame) < _SMALL_FRAME:  # inflate()'s first step, inlined: this runs once a frame
+    if type(frame) is bytes:  # inflate(), its ISA-L step inlined: this runs once a frame
+        if len(frame) < _SMALL_FRAME:
             try:
                 return isal_decompress(frame, -zlib.MAX_WBITS)
             except IsalError:
                 pass
-        return inflate(frame)
+        return _inflate_zlib(frame)  # not inflate(): ISA-L has had its try
     if isinstance(frame, bytearray | memoryview):
         return inflate(bytes(frame))
     return frame
