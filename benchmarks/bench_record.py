@@ -77,7 +77,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
     parent, child = mp.Pipe()
     proc = mp.Process(target=sim_process, args=(child, symbols, events, exchange), daemon=True)
     proc.start()
-    ws_url, rest_url, names = parent.recv()
+    ws_url, rest_url, names = _recv(parent, None, 120.0)
     users = names[:symbols]
     data = Path(tempfile.mkdtemp(prefix="bench-record-"))
     cmd = [
@@ -104,7 +104,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
     spy = None
     if profile:  # sample the recorder with py-spy (collapsed stacks), e.g. to find hot spots
         spy = subprocess.Popen(
-            ["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
+            ["py-spy", "record", "-r", "200", "--native", "--threads", "-f", "raw", "-o", profile, "--pid", str(rec.pid)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -367,7 +367,7 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
     parent, child = mp.Pipe()
     sim = mp.Process(target=sim_process, args=(child, symbols, events, "bitmart"), daemon=True)
     sim.start()
-    ws_url, rest_url, names = parent.recv()
+    ws_url, rest_url, names = _recv(parent, None, 120.0)
     cmd = ["taskset", "-c", "0", python, __file__, "--ccxt-client", ws_url, rest_url, *names[:symbols]]
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     lines = _Lines(client)

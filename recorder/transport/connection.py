@@ -221,17 +221,23 @@ class Connection:
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         d = self.dispatcher
         on_frame = d.frame
-        BINARY, TEXT = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
-        async for msg in ws:
-            if msg.type is BINARY or msg.type is TEXT:
+        T = aiohttp.WSMsgType
+        BINARY, TEXT, ERROR, ENDS = T.BINARY, T.TEXT, T.ERROR, (T.CLOSE, T.CLOSING, T.CLOSED)
+        receive, clock = ws.receive, time.time_ns
+        while True:  # `async for msg in ws`, one coroutine a frame fewer
+            msg = await receive()
+            kind = msg.type
+            if kind is BINARY or kind is TEXT:
                 self.frames += 1
-                self.last_frame_us = recv = time.time_ns() // 1000
+                self.last_frame_us = recv = clock() // 1000
                 on_frame(recv, msg.data)
                 if d.intents:
                     self.execute(d.take_intents())
-            elif msg.type is aiohttp.WSMsgType.ERROR:
+            elif kind is ERROR:
                 # aiohttp hands the error over as the message's data, not always as ws.exception()
                 raise SocketFault(describe_ws_error(msg.data or ws.exception(), self.venue.limits.max_frame_bytes))
+            elif kind in ENDS:
+                return
 
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Pings, the silence watchdog, and what the deadlines say is due."""
