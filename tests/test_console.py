@@ -228,6 +228,30 @@ def test_candles_watch_off_a_terminal_prints_one_line_per_candle(tmp_path):
     assert times == sorted(set(times)), p.stdout  # each candle once, in order
 
 
+def test_candles_watch_log_format_json_prints_one_object_per_candle(tmp_path):
+    p = run("candles", "watch", "bitmart", "BTC-USDT", "--sim", "--interval", "1s", "--duration", "4", "--rows", "3",
+            "--log-format", "JSON", cwd=tmp_path)  # any case, as the other commands
+    assert p.returncode == 0, p.stderr
+    [start] = [json.loads(ln) for ln in p.stderr.splitlines()]
+    assert start["level"] == "info" and start["msg"].startswith("watching bitmart BTC-USDT 1s candles"), start
+    assert start["ws_url"].startswith("ws://127.0.0.1:") and start["simulator"] is True, start
+    docs = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert len(docs) >= 3, p.stdout
+    for d in docs:
+        assert (d["exchange"], d["symbol"], d["interval"]) == ("bitmart", "BTC-USDT", "1s"), d
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["open_time"]), d
+        assert all(type(d[k]) is float for k in ("open", "high", "low", "close")), d  # numbers, not text
+        assert d["low"] <= min(d["open"], d["close"]) <= max(d["open"], d["close"]) <= d["high"], d
+        assert d["volume"] >= 0 and (d["trades"] is None or d["trades"] >= 1), d
+        # the message is the plain line of the same candle
+        assert d["msg"].startswith(f"bitmart BTC-USDT 1s {d['open_time']} "), d
+        assert d["msg"].endswith(" " + d["state"]) and d["state"] in ("live", "exchange", "partial", "open"), d
+    assert docs[-1]["state"] == "open" and docs[-1]["closed"] is False, docs[-1]
+    assert all(d["closed"] and d["state"] != "open" for d in docs[:-1]), docs
+    times = [d["open_time"] for d in docs]
+    assert times == sorted(set(times)), times  # each candle once, in order
+
+
 def _commands(cmd, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and group of the CLI, as the words that name it."""
     out = [path]

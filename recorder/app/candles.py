@@ -128,7 +128,12 @@ def verify(
     raise typer.Exit(0 if result.ok else 1)
 
 
-@app.command(epilog=examples("recorder candles watch bitmart BTC-USDT --sim --interval 1s"))
+@app.command(
+    epilog=examples(
+        "recorder candles watch bitmart BTC-USDT --sim --interval 1s",
+        "recorder candles watch bitmart BTC-USDT --log-format json | jq -c 'select(.closed)'",
+    )
+)
 def watch(
     exchange: str = typer.Argument(..., help=EXCHANGES),
     symbol: str = typer.Argument(..., help="BASE-QUOTE, e.g. BTC-USDT"),
@@ -143,12 +148,21 @@ def watch(
     sim_rate: float = typer.Option(50.0, "--sim-rate", help="with --sim: market events per second"),
     ws_url: str | None = typer.Option(None, "--ws-url", help="override the public websocket URL"),
     rest_url: str | None = typer.Option(None, "--rest-url", help="override the REST base URL"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: one JSON object per candle on stdout, per message on stderr"
+    ),
 ) -> None:
-    """Live candles in the terminal: history from the exchange's klines, then live trades (Ctrl-C exits)."""
+    """Live candles in the terminal: history from the exchange's klines, then live trades (Ctrl-C exits).
+
+    Off a terminal (a pipe, a file, a service) one line per candle as it closes instead of the table;
+    with --log-format json that line is a JSON object (terminal or not)."""
     sim_options = {"rate": sim_rate} if sim else None
 
     def go() -> None:
+        from recorder.app import console
         from recorder.app.watch import watch as run_watch
+
+        console.configure(log_format)
 
         checks.positive(duration, "--duration")  # 0 or less would stop before the first candle
         checks.positive(sim_rate, "--sim-rate", "events per second")

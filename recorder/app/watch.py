@@ -1,11 +1,14 @@
 """`recorder candles watch`: the live candles feed as a table in the terminal (rich Live); off a
-terminal (a pipe, a file, a service), one plain line per candle as it closes instead."""
+terminal (a pipe, a file, a service), one plain line per candle as it closes instead, or one JSON
+object per candle with `--log-format json`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -13,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from recorder import output
+from recorder.app.console import Printer, json_line, json_logs
 from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.candles.feed import CandlesFeed
@@ -50,15 +54,15 @@ async def watch(
     try:
         feed = CandlesFeed(exchange, symbol, interval, max_candles, ws_url, rest_url, grace)
         await feed.start()
-        output.console(stderr=True).print(
+        Printer().print(
             f"watching {feed.exchange} {feed.symbol} {interval} candles "
             f"({'simulator ' if simulator else ''}{ws_url or 'exchange'}); Ctrl-C stops",
-            highlight=False,
-            soft_wrap=True,
+            fields={"exchange": feed.exchange, "symbol": feed.symbol, "interval": interval,
+                    "ws_url": ws_url, "simulator": bool(simulator)},
         )
         try:
             deadline = None if duration is None else loop.time() + duration
-            if console.is_terminal:
+            if console.is_terminal and not json_logs():
                 with Live(render(feed, rows), console=console, refresh_per_second=4) as live:
                     while await _tick(stop, deadline, loop):
                         live.update(render(feed, rows))
@@ -98,7 +102,36 @@ def _print_closed(feed: CandlesFeed, console: Console, printed: set, final: bool
             continue
         printed.add(key)
         line = f"{feed.exchange} {feed.symbol} {feed.interval} {candle_line(c, feed.interval, is_open)}"
-        console.print(line, highlight=False, soft_wrap=True)
+        if json_logs():  # stdout, as the plain lines: the candles are the command's output
+            sys.stdout.write(json_line("info", line, candle_fields(feed, c, is_open)) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+def candle_fields(feed: CandlesFeed, c: Candle, is_open: bool = False) -> dict[str, Any]:
+    """One candle as JSON fields: the numbers as numbers (None where the source has none), the
+    open time in ISO-8601 UTC, and `state`: exchange, live, partial, or open (the candle still
+    open when the watch stopped)."""
+    return {
+        "exchange": feed.exchange,
+        "symbol": feed.symbol,
+        "interval": feed.interval,
+        "open_time": f"{c.open_time:%Y-%m-%dT%H:%M:%S}Z",
+        "open": c.open,
+        "high": c.high,
+        "low": c.low,
+        "close": c.close,
+        "volume": c.volume,
+        "quote_volume": c.quote_volume,
+        "trades": c.trades,
+        "vwap": c.vwap,
+        "buy_volume": c.buy_volume,
+        "complete": c.complete,
+        "closed": not is_open,
+        "source": c.source,
+        "state": "open" if is_open else (c.source if c.complete else "partial"),
+    }
 
 
 def candle_line(c: Candle, interval: str, is_open: bool = False) -> str:
