@@ -296,7 +296,7 @@ async def test_healthz_says_when_a_subscription_keeps_being_refused(tmp_path):
             body = await wait_health(port, 503, 20)
             assert any("BTC-USDT trades: not subscribed" in w for w in body["why"]), body
             assert not any("no data for" in w for w in body["why"]), body  # the socket is alive
-            sim._fail_subscribe = 0  # the exchange takes it again
+            sim.accept_subscribes()  # the exchange takes it again
             body = await wait_health(port, 200, 20)
             assert body["why"] == []
             await wait_for(lambda: c.topics_acked() == 1, 5, "the subscription acknowledged")

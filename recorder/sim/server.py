@@ -626,6 +626,10 @@ class SimServer(abc.ABC):
         """The next `count` subscribed topics (any connection) are refused."""
         self._fail_subscribe += count
 
+    def accept_subscribes(self) -> None:
+        """Subscriptions are taken again: what `fail_next_subscribe` still had to refuse is forgotten."""
+        self._fail_subscribe = 0
+
     def fail_rest(self, status: int = 429, count: int = 1, retry_after: float | None = None) -> None:
         """The next `count` REST requests fail with `status` (429 answers as `too_many_requests`)."""
         self._rest_faults.extend([(status, retry_after)] * count)
