@@ -242,7 +242,9 @@ def test_candles_watch_log_format_json_prints_one_object_per_candle(tmp_path):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["open_time"]), d
         assert all(type(d[k]) is float for k in ("open", "high", "low", "close")), d  # numbers, not text
         assert d["low"] <= min(d["open"], d["close"]) <= max(d["open"], d["close"]) <= d["high"], d
-        assert d["volume"] >= 0 and (d["trades"] is None or d["trades"] >= 1), d
+        assert d["volume"] >= 0 and (d["trades"] is None or d["trades"] >= 0), d
+        if d["trades"] == 0:  # a watched second without trades: flat at the previous close
+            assert d["volume"] == 0 and d["open"] == d["high"] == d["low"] == d["close"], d
         # the message is the plain line of the same candle
         assert d["msg"].startswith(f"bitmart BTC-USDT 1s {d['open_time']} "), d
         assert d["msg"].endswith(" " + d["state"]) and d["state"] in ("live", "exchange", "partial", "open"), d
