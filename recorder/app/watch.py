@@ -130,7 +130,7 @@ def candle_fields(feed: CandlesFeed, c: Candle, is_open: bool = False) -> dict[s
         "complete": c.complete,
         "closed": not is_open,
         "source": c.source,
-        "state": "open" if is_open else (c.source if c.complete else "partial"),
+        "state": "open" if is_open else _state(c),
     }
 
 
@@ -181,7 +181,6 @@ TIME_FORMAT = {"1s": "%H:%M:%S", "1d": "%Y-%m-%d"}
 
 def _cells(c: Candle, interval: str) -> list[str]:
     buy = "" if c.buy_volume is None or not c.volume else f"{100 * c.buy_volume / c.volume:.0f}"
-    state = c.source if c.complete else "partial"  # the current row is highlighted, not labelled
     return [
         f"{c.open_time:{TIME_FORMAT.get(interval, '%H:%M')}}",
         _price(c.open),
@@ -191,8 +190,13 @@ def _cells(c: Candle, interval: str) -> list[str]:
         f"{c.volume:.5g}",
         "" if c.trades is None else f"{c.trades:,}",
         buy,
-        state,
+        _state(c),  # the current row is highlighted, not labelled
     ]
+
+
+def _state(c: Candle) -> str:
+    """Where a candle comes from: `exchange` or `live`, or `partial` if the feed missed part of it."""
+    return c.source if c.complete else "partial"
 
 
 def _price(x: float) -> str:
