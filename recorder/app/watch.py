@@ -20,7 +20,7 @@ from recorder.app.console import Printer, json_line, json_logs
 from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.candles.feed import CandlesFeed
-from recorder.candles.live import Candle
+from recorder.candles.live import COLUMNS, Candle
 
 
 async def watch(
@@ -110,26 +110,15 @@ def _print_closed(feed: CandlesFeed, console: Console, printed: set, final: bool
 
 
 def candle_fields(feed: CandlesFeed, c: Candle, is_open: bool = False) -> dict[str, Any]:
-    """One candle as JSON fields: the numbers as numbers (None where the source has none), the
-    open time in ISO-8601 UTC, and `state`: exchange, live, partial, or open (the candle still
-    open when the watch stopped)."""
+    """One candle as JSON fields: the feed's columns (`CandlesFeed.df()`'s, numbers as numbers, None
+    where the source has none), the open time in ISO-8601 UTC, and `state`: exchange, live, partial,
+    or open (the candle still open when the watch stopped)."""
     return {
         "exchange": feed.exchange,
         "symbol": feed.symbol,
         "interval": feed.interval,
         "open_time": f"{c.open_time:%Y-%m-%dT%H:%M:%S}Z",
-        "open": c.open,
-        "high": c.high,
-        "low": c.low,
-        "close": c.close,
-        "volume": c.volume,
-        "quote_volume": c.quote_volume,
-        "trades": c.trades,
-        "vwap": c.vwap,
-        "buy_volume": c.buy_volume,
-        "complete": c.complete,
-        "closed": not is_open,
-        "source": c.source,
+        **{k: getattr(c, k) for k in COLUMNS},
         "state": "open" if is_open else _state(c),
     }
 
