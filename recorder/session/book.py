@@ -9,8 +9,12 @@ into a `Resync` intent, and the venue into its own resync messages.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import logging
+import os
 from enum import Enum
+from pathlib import Path
 
 from recorder.model import BookMessage
 from recorder.storage.bookrows import ROW_ERRORS, BookRows
@@ -195,3 +199,35 @@ class BookSync:
             return MALFORMED
         self.valid = not self.book.crossed()
         return SNAPSHOT
+
+
+# -- the compiled build ---------------------------------------------------------------------------
+
+PURE_ENV = "RECORDER_PURE_PYTHON"  # set (to anything but "" or "0") to run this file's classes
+
+
+def _compiled() -> object | None:
+    """The C build of these classes (`_engine.pyx`), if it is built and is the build of the source
+    beside it; None otherwise (this file's classes run: the same behaviour, slower)."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from recorder.session import _engine
+    except ImportError:
+        return None
+    pyx = Path(__file__).with_name("_engine.pyx")
+    if pyx.exists() and hashlib.sha256(pyx.read_bytes()).hexdigest() != _engine.SOURCE_SHA256:
+        logging.getLogger("recorder").warning(
+            "the compiled book engine is older than %s: running the pure-Python one "
+            "(rebuild with `pip install -e .`)",
+            pyx,
+        )
+        return None
+    return _engine
+
+
+PURE_OrderBook, PURE_BookSync = OrderBook, BookSync
+_engine = _compiled()
+if _engine is not None:
+    OrderBook, BookSync = _engine.OrderBook, _engine.BookSync  # type: ignore[misc,assignment]
+COMPILED = _engine is not None

@@ -1,13 +1,33 @@
 """Book engine: sequence policies (BitMart's version chain, the strict default, a restart rule),
-gaps, crossed books, replayable rows."""
+gaps, crossed books, replayable rows. Every test runs on both builds of the engine: `book.py`'s
+pure-Python classes and their C build (`_engine.pyx`), which `book.py` adopts when built."""
 
 from __future__ import annotations
 
+import pytest
+
 from recorder.model import BookMessage
-from recorder.session.book import BookSync, Outcome
+from recorder.session import book
+from recorder.session.book import Outcome
 from recorder.storage.bookrows import BookRows
 from recorder.venues.bitmart_spot import VersionChain
 from recorder.venues.contract import Verdict
+
+
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def engine(request, monkeypatch):
+    """Run the test on one build: `BookSync` below is that build's class."""
+    if request.param == "compiled":
+        if not book.COMPILED:
+            pytest.skip("the C build of the book engine is not built here")
+        cls = book.BookSync
+    else:
+        cls = book.PURE_BookSync
+    monkeypatch.setitem(globals(), "BookSync", cls)
+    return cls
+
+
+BookSync = book.BookSync
 
 
 def msg(seq, bids=(), asks=(), snap=False, ts=1):

@@ -1,0 +1,143 @@
+"""The book engine's C build (`recorder/session/_engine.pyx`) is the engine of `book.py`, only faster:
+the same outcomes, books, counters and `book_updates` bytes for any message sequence (hypothesis),
+adopted only when it is the build of the source beside it, and built wherever the README's install
+ran (CI)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder.model import BookMessage
+from recorder.session import book
+from recorder.storage.bookrows import BookRows
+from recorder.venues.bitmart_spot import VersionChain
+from recorder.venues.contract import Verdict
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_build = pytest.mark.skipif(
+    not book.COMPILED and not os.environ.get("CI"), reason="the C build of the book engine is not built here"
+)
+
+
+class BackwardsIsRestart:
+    def check(self, local, m):
+        return Verdict.GAP if m.seq > local else Verdict.RESTART if m.seq < local else Verdict.OUT_OF_ORDER
+
+
+POLICIES = {"strict": lambda: None, "version_chain": VersionChain, "restart": BackwardsIsRestart}
+
+# prices on a small grid so that updates hit, delete and cross existing levels; amounts with zeros
+# (deletes), -0.0 and nan; now and then an int or a value no column holds
+_price = st.sampled_from([9.0, 9.5, 10.0, 10.5, 11.0, 11.5, 12.0]) | st.just(10) | st.just(float("nan"))
+_amount = st.sampled_from([0.0, -0.0, 1.0, 2.5, 0.001]) | st.just(float("nan")) | st.just(3)
+_level = st.tuples(_price, _amount)
+_odd = st.sampled_from([None, 2**64, -(2**63) - 1, "7", 1.5])
+_message = st.fixed_dictionaries(
+    {
+        "step": st.sampled_from([1, 1, 1, 1, 0, 2, -1, -5]),  # seq relative to the last one sent
+        "snap": st.booleans() | st.just(False),
+        "bids": st.lists(_level, max_size=4),
+        "asks": st.lists(_level, max_size=4),
+        "ts": st.integers(0, 2**40) | _odd,
+        "seq_none": st.integers(0, 30).map(lambda x: x == 0),
+        "bad_price": st.integers(0, 40).map(lambda x: x == 0),
+    }
+)
+
+
+def _state(s) -> tuple:
+    b = s.book
+    return (
+        s.seq, s.valid, s.gaps, s.expected, s.snapshots, s.last_ts,
+        repr(b.bids), repr(b.asks), repr(b._best_bid), repr(b._best_ask), bytes(s.rows.buf),
+    )  # fmt: skip
+
+
+def _try(f) -> str:
+    try:
+        return repr(f())
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def _run(cls, policy: str, messages: list[dict]) -> list:
+    s = cls(BookRows(), POLICIES[policy]())
+    seq, out = 100, []
+    for m in messages:
+        seq += m["step"]
+        bids = list(m["bids"])
+        if m["bad_price"]:
+            bids.append(("x", 1.0))  # a value no column (and no comparison) holds
+        msg = BookMessage("X", None if m["seq_none"] else seq, m["snap"], m["ts"], bids, list(m["asks"]))
+        try:
+            outcome = s.on_message(msg, 5)
+        except Exception as exc:  # both builds must fail alike, and leave the same state
+            outcome = type(exc).__name__
+        out.append((outcome, _state(s)))
+        out.append(tuple(_try(f) for f in (s.book.best_bid, s.book.best_ask, lambda: s.book.top(2))))
+    s.invalidate()
+    out.append(_state(s))
+    return out
+
+
+@needs_build
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(POLICIES)), st.lists(_message, max_size=25))
+def test_the_c_build_does_what_book_py_does(policy, messages) -> None:
+    pure = _run(book.PURE_BookSync, policy, messages)
+    compiled = _run(book.BookSync, policy, messages)
+    assert compiled == pure
+
+
+@needs_build
+def test_the_c_build_is_adopted_and_is_the_build_of_its_source() -> None:
+    """Wherever the README's install ran (CI included), the C build runs, and it is the build of the
+    .pyx in the tree (a stale build would not be adopted: next test)."""
+    assert book.COMPILED
+    assert book.BookSync is not book.PURE_BookSync
+    from recorder.session import _engine
+
+    pyx = ROOT / "recorder" / "session" / "_engine.pyx"
+    assert hashlib.sha256(pyx.read_bytes()).hexdigest() == _engine.SOURCE_SHA256
+
+
+def _import_in(tree: Path, env: dict) -> subprocess.CompletedProcess:
+    code = "from recorder.session import book; print(book.COMPILED, book.BookSync.__module__)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_build
+def test_a_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
+    """Edit the .pyx without rebuilding: the package runs book.py's classes and says why, once."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "recorder", tree / "recorder", ignore=shutil.ignore_patterns("__pycache__"))
+    fresh = _import_in(tree, {})
+    assert fresh.stdout.split() == ["True", "recorder.session._engine"], fresh.stderr
+    pyx = tree / "recorder" / "session" / "_engine.pyx"
+    pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
+    stale = _import_in(tree, {})
+    assert stale.returncode == 0, stale.stderr
+    assert stale.stdout.split() == ["False", "recorder.session.book"]
+    assert "older than" in stale.stderr and "pip install -e ." in stale.stderr
+    assert len(stale.stderr.strip().splitlines()) == 1
+
+
+def test_recorder_pure_python_selects_book_py(tmp_path) -> None:
+    r = _import_in(ROOT, {book.PURE_ENV: "1"})
+    assert r.stdout.split() == ["False", "recorder.session.book"], r.stderr
