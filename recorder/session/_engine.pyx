@@ -28,6 +28,7 @@ from recorder.session.book import (
     StrictIncrement,
     _BY_VERDICT,
 )
+from recorder.model import Ack, BookMessage, DerivativeTicker, HeldTopics, ProtocolError, TradeBatch
 from recorder.storage.bookrows import NULL_SEQ, ROW_ERRORS, BookRows, _ROW
 from recorder.venues.contract import Verdict
 
@@ -51,6 +52,8 @@ cdef object _DROP = Verdict.DROP
 cdef object _VGAP = Verdict.GAP
 cdef object _APPLIED = APPLIED, _SNAPSHOT = SNAPSHOT, _STALE = STALE, _WAITING = WAITING
 cdef object _MALFORMED = MALFORMED, _ROW_ERRORS = ROW_ERRORS, _BOOKROWS = BookRows
+cdef object _BookMessage = BookMessage, _TradeBatch = TradeBatch, _DerivativeTicker = DerivativeTicker
+cdef object _Ack = Ack, _HeldTopics = HeldTopics, _ProtocolError = ProtocolError
 cdef int64_t _NULL_SEQ = NULL_SEQ
 cdef Py_ssize_t _SIZE = _ROW.size
 
@@ -227,6 +230,9 @@ cdef class BookSync:
         return 0
 
     def on_message(self, msg, recv_ts):
+        return self._on_message(msg, recv_ts)
+
+    cdef object _on_message(self, object msg, object recv_ts):
         if msg.is_snapshot:
             return self._snapshot(msg, recv_ts)
         if not self.valid:
@@ -276,3 +282,77 @@ cdef class BookSync:
             return _MALFORMED
         self.valid = not self.book.crossed()
         return _SNAPSHOT
+
+
+cdef class Routing:
+    """dispatcher._Routing's C build: the per-frame path (frame -> decode -> raw log -> parse -> route
+    -> book engine), step for step. `dispatcher.Dispatcher` is a Python class on this base: what a
+    frame rarely needs (`_undecodable`, `_book_outcome`, `_on_ack`, `_on_held`, `_on_error`) is its
+    Python, shared by both builds."""
+
+    cdef public object rawlog
+    cdef public dict book_by_wire
+    cdef public dict trades_by_wire
+    cdef public dict other
+    cdef public object _decode
+    cdef public object _decode_errors
+    cdef public object _parse
+
+    def frame(self, recv, frame):
+        try:
+            raw = self._decode(frame)
+        except self._decode_errors as exc:
+            self._undecodable(recv, frame, exc)
+            return
+        rawlog = self.rawlog
+        if rawlog is not None:
+            rawlog.frame(recv, raw)
+        self._route(self._parse(raw), recv)
+
+    def payload(self, recv, raw):
+        self._route(self._parse(raw), recv)
+
+    def route(self, records, recv):
+        self._route(records, recv)
+
+    def _on_book(self, m, recv):
+        self._book(m, recv)
+
+    cdef int _route(self, object records, object recv) except -1:
+        for m in records:
+            t = type(m)
+            if t is _BookMessage:
+                self._book(m, recv)
+            elif t is _TradeBatch:
+                s = self.trades_by_wire.get(m.symbol)
+                if s is not None:
+                    s.on_trades(m, recv)
+            elif t is _DerivativeTicker:
+                s = self.other.get((m.channel, m.symbol))
+                if s is not None:
+                    s.on_ticker(m, recv)
+            elif t is _Ack:
+                self._on_ack(m, recv)
+            elif t is _HeldTopics:
+                self._on_held(m, recv)
+            elif t is _ProtocolError:
+                self._on_error(m, recv)
+        return 0
+
+    cdef int _book(self, object m, object recv) except -1:
+        topic = self.book_by_wire.get(m.symbol)
+        if topic is None:
+            return 0
+        if m.ts is None:  # the venue gives no event time: the receive time stands in
+            m.ts = recv
+        b = topic.stream.book
+        if type(b) is BookSync:
+            was_valid = (<BookSync>b).valid
+            outcome = (<BookSync>b)._on_message(m, recv)
+        else:
+            was_valid = b.valid
+            outcome = b.on_message(m, recv)
+        if outcome is _APPLIED or outcome is _WAITING or outcome is _STALE:
+            return 0
+        self._book_outcome(topic, m, recv, outcome, was_valid)
+        return 0

@@ -30,6 +30,7 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
+from recorder.session import book as _book
 from recorder.session.book import APPLIED, NEED_RESYNC, SNAPSHOT, WAITING, Outcome
 from recorder.session.book import STALE as DROPPED
 from recorder.session.stream import Stream
@@ -63,8 +64,63 @@ def _detail(m: ProtocolError) -> str:
     return f"{m.code}: {m.message}" if m.code else m.message
 
 
-class Dispatcher:
-    """Routes one connection's records to its streams; book outcomes become events and intents."""
+class _Routing:
+    """The per-frame path: frame -> decode -> raw log -> parse -> route -> book engine. This is its
+    definition and pure-Python build; `_engine.Routing` is its C build (the same steps), which
+    `Dispatcher` runs on when the book engine's C build is adopted (`book.COMPILED`). What a frame
+    rarely needs (an undecodable frame, a book outcome other than applied/waiting/dropped, acks,
+    errors) is `DispatcherBase`'s Python in both builds."""
+
+    def frame(self, recv: int, frame: bytes | str) -> None:
+        try:
+            raw = self._decode(frame)
+        except self._decode_errors as exc:
+            self._undecodable(recv, frame, exc)
+            return
+        if self.rawlog is not None:
+            self.rawlog.frame(recv, raw)
+        self.route(self._parse(raw), recv)  # payload(), inlined: this runs once a frame
+
+    def payload(self, recv: int, raw: bytes | str) -> None:
+        self.route(self._parse(raw), recv)
+
+    def route(self, records: list, recv: int) -> None:
+        trades_by_wire = self.trades_by_wire
+        for m in records:
+            if type(m) is BookMessage:
+                self._on_book(m, recv)
+            elif type(m) is TradeBatch:
+                s = trades_by_wire.get(m.symbol)
+                if s is not None:
+                    s.on_trades(m, recv)
+            elif type(m) is DerivativeTicker:
+                s = self.other.get((m.channel, m.symbol))
+                if s is not None:
+                    s.on_ticker(m, recv)
+            elif type(m) is Ack:
+                self._on_ack(m, recv)
+            elif type(m) is HeldTopics:
+                self._on_held(m, recv)
+            elif type(m) is ProtocolError:
+                self._on_error(m, recv)
+
+    def _on_book(self, m: BookMessage, recv: int) -> None:
+        topic = self.book_by_wire.get(m.symbol)
+        if topic is None:
+            return
+        if m.ts is None:  # the venue gives no event time: the receive time stands in
+            m.ts = recv
+        s = topic.stream
+        was_valid = s.book.valid
+        outcome = s.book.on_message(m, recv)
+        if outcome is APPLIED or outcome is WAITING or outcome is DROPPED:
+            return
+        self._book_outcome(topic, m, recv, outcome, was_valid)
+
+
+class DispatcherBase:
+    """Routes one connection's records to its streams; book outcomes become events and intents.
+    (Everything but the per-frame path, which `_Routing` or its C build adds: see `Dispatcher`.)"""
 
     def __init__(
         self,
@@ -94,17 +150,10 @@ class Dispatcher:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def frame(self, recv: int, frame: bytes | str) -> None:
-        try:
-            raw = self._decode(frame)
-        except self._decode_errors as exc:
-            if self.rawlog is not None:
-                self.rawlog.frame(recv, frame, BADFRAME)
-            self._on_error(ProtocolError(f"undecodable frame: {exc}", code="decode", kind="decode"), recv)
-            return
+    def _undecodable(self, recv: int, frame: bytes | str, exc: Exception) -> None:
         if self.rawlog is not None:
-            self.rawlog.frame(recv, raw)
-        self.route(self._parse(raw), recv)  # payload(), inlined: this runs once a frame
+            self.rawlog.frame(recv, frame, BADFRAME)
+        self._on_error(ProtocolError(f"undecodable frame: {exc}", code="decode", kind="decode"), recv)
 
     def rest(self, recv: int, poll: str, wire: str, doc: object) -> None:
         """A REST poll's answer for one instrument: logged, then routed like a parsed frame."""
@@ -123,29 +172,6 @@ class Dispatcher:
             self.errors += 1
             return
         self.route(records, recv)
-
-    def payload(self, recv: int, raw: bytes | str) -> None:
-        self.route(self._parse(raw), recv)
-
-    def route(self, records: list, recv: int) -> None:
-        trades_by_wire = self.trades_by_wire
-        for m in records:
-            if type(m) is BookMessage:
-                self._on_book(m, recv)
-            elif type(m) is TradeBatch:
-                s = trades_by_wire.get(m.symbol)
-                if s is not None:
-                    s.on_trades(m, recv)
-            elif type(m) is DerivativeTicker:
-                s = self.other.get((m.channel, m.symbol))
-                if s is not None:
-                    s.on_ticker(m, recv)
-            elif type(m) is Ack:
-                self._on_ack(m, recv)
-            elif type(m) is HeldTopics:
-                self._on_held(m, recv)
-            elif type(m) is ProtocolError:
-                self._on_error(m, recv)
 
     def event(
         self,
@@ -208,17 +234,9 @@ class Dispatcher:
 
     # -- handling -----------------------------------------------------------------------------
 
-    def _on_book(self, m: BookMessage, recv: int) -> None:
-        topic = self.book_by_wire.get(m.symbol)
-        if topic is None:
-            return
-        if m.ts is None:  # the venue gives no event time: the receive time stands in
-            m.ts = recv
+    def _book_outcome(self, topic: Topic, m: BookMessage, recv: int, outcome: Outcome, was_valid: bool) -> None:
+        """What a book message that was not simply applied (or waited, or dropped) means."""
         s = topic.stream
-        was_valid = s.book.valid
-        outcome = s.book.on_message(m, recv)
-        if outcome is APPLIED or outcome is WAITING or outcome is DROPPED:
-            return
         if outcome is SNAPSHOT:
             topic.resync_since, topic.resync_tries = None, 0
             if s.book.valid:
@@ -295,3 +313,16 @@ class Dispatcher:
             if unacked and self.live:
                 self.intents.append(Refused())
         log.warning("%s", detail)
+
+
+class PureDispatcher(DispatcherBase, _Routing):
+    """The dispatcher on the pure-Python per-frame path (what `Dispatcher` is without the C build)."""
+
+
+if _book._engine is not None:
+
+    class Dispatcher(DispatcherBase, _book._engine.Routing):  # type: ignore[misc,name-defined]
+        """The dispatcher on the C build of the per-frame path (`_engine.Routing`)."""
+
+else:
+    Dispatcher = PureDispatcher  # type: ignore[misc]

@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from recorder.model import BOOK, CONNECT, ERROR, TICKER, TRADES, Cause, tables_for
+from recorder.session import book, dispatcher
 from recorder.session.deadlines import Deadlines
-from recorder.session.dispatcher import Dispatcher, Refused, Topic
+from recorder.session.dispatcher import Refused, Topic
 from recorder.session.stream import Stream
 from recorder.storage.sink import ParquetSink
 from recorder.venues.bitmart_spot import BitmartSpot
@@ -17,6 +18,23 @@ from recorder.venues.contract import Instrument, Reconnect, Report, Resync, Resy
 from tests.session.fake_venue import FakePeatio
 
 RECV = 1_767_225_600_000_000
+
+
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def build(request, monkeypatch):
+    """Run the test on one build of the per-frame path: `Dispatcher` below is that build's class
+    (and its book engine that build's `BookSync`)."""
+    if request.param == "compiled":
+        if not book.COMPILED:
+            pytest.skip("the C build of the book engine is not built here")
+        monkeypatch.setitem(globals(), "Dispatcher", dispatcher.Dispatcher)
+    else:
+        monkeypatch.setitem(globals(), "Dispatcher", dispatcher.PureDispatcher)
+        monkeypatch.setattr("recorder.session.stream.BookSync", book.PURE_BookSync)
+    return request.param
+
+
+Dispatcher = dispatcher.Dispatcher
 
 
 def session(channels=(TRADES, BOOK), venue=None):
