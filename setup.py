@@ -1,7 +1,7 @@
-"""Build of the optional C extension (the book engine, `recorder/session/_engine.pyx`).
+"""Build of the optional C extension (the hot path's C build, `recorder/_engine.pyx`; see recorder/native.py).
 
 Everything else is in pyproject.toml. The extension is optional: where it cannot be built (no C
-compiler), the install still succeeds and `recorder/session/book.py` runs its pure-Python classes.
+compiler), the install still succeeds and the pure-Python classes run.
 The source's sha256 is compiled in, so that a build older than its .pyx is never adopted.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "recorder/session/_engine.pyx"
+SOURCE = "recorder/_engine.pyx"
 
 
 def extensions() -> list:
@@ -18,9 +18,9 @@ def extensions() -> list:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    sha = hashlib.sha256(Path(__file__).with_name("recorder").joinpath("session", "_engine.pyx").read_bytes()).hexdigest()
+    sha = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
     ext = Extension(
-        "recorder.session._engine",
+        "recorder._engine",
         [SOURCE],
         define_macros=[("RECORDER_ENGINE_SHA256", f'"{sha}"')],
         extra_compile_args=["-O2"],

@@ -9,16 +9,25 @@ into a `Resync` intent, and the venue into its own resync messages.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import logging
-import os
-from enum import Enum
-from pathlib import Path
 
+from recorder import native
 from recorder.model import BookMessage
+from recorder.session.outcome import (  # the outcomes live there, shared with the C build
+    _BY_VERDICT,
+    APPLIED,
+    MALFORMED,
+    NEED_RESYNC,
+    SNAPSHOT,
+    STALE,
+    WAITING,
+    Outcome,
+    StrictIncrement,
+)
 from recorder.storage.bookrows import ROW_ERRORS, BookRows
 from recorder.venues.contract import SequencePolicy, Verdict
+
+__all__ = ["NEED_RESYNC", "BookSync", "OrderBook", "Outcome", "StrictIncrement"]  # and the outcome constants
 
 _UNKNOWN = None  # cached best price must be recomputed
 
@@ -86,37 +95,6 @@ class OrderBook:
     def top(self, n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Best `n` levels per side, best first."""
         return heapq.nlargest(n, self.bids.items()), heapq.nsmallest(n, self.asks.items())
-
-
-class Outcome(Enum):
-    APPLIED = "applied"  # rows were appended
-    SNAPSHOT = "snapshot"  # a snapshot replaced the book (rows appended)
-    STALE = "stale"  # the policy says drop (a heartbeat repeating the version): nothing to write
-    WAITING = "waiting"  # no valid book yet: dropped until the next snapshot
-    GAP = "gap"  # seq jumped: book invalid, resync needed
-    CROSSED = "crossed"  # applying left best bid >= best ask: book invalid, resync needed
-    OUT_OF_ORDER = "out_of_order"  # a duplicated or backwards update: book invalid, resync needed
-    RESTART = "restart"  # the sequence went back (engine restart): book invalid, resync needed
-    # a value the table cannot hold (a time or sequence past 64 bits): applied to the book but no
-    # row written, so the book is invalid and resynced
-    MALFORMED = "malformed"
-
-
-# A member looked up on an Enum class costs ~190 ns in CPython 3.11 (a module global ~15 ns): the
-# per-message path uses these.
-APPLIED, SNAPSHOT, STALE, WAITING = Outcome.APPLIED, Outcome.SNAPSHOT, Outcome.STALE, Outcome.WAITING
-MALFORMED = Outcome.MALFORMED
-
-NEED_RESYNC = (Outcome.GAP, Outcome.CROSSED, Outcome.OUT_OF_ORDER, Outcome.RESTART, Outcome.MALFORMED)
-_BY_VERDICT = {Verdict.OUT_OF_ORDER: Outcome.OUT_OF_ORDER, Verdict.RESTART: Outcome.RESTART}
-
-
-class StrictIncrement:
-    """The default rule: every update advances the sequence by exactly one; anything ahead is a
-    gap, anything else came out of order."""
-
-    def check(self, local: int, msg: BookMessage) -> Verdict:
-        return Verdict.GAP if msg.seq is not None and msg.seq > local else Verdict.OUT_OF_ORDER
 
 
 class BookSync:
@@ -203,31 +181,6 @@ class BookSync:
 
 # -- the compiled build ---------------------------------------------------------------------------
 
-PURE_ENV = "RECORDER_PURE_PYTHON"  # set (to anything but "" or "0") to run this file's classes
-
-
-def _compiled() -> object | None:
-    """The C build of these classes (`_engine.pyx`), if it is built and is the build of the source
-    beside it; None otherwise (this file's classes run: the same behaviour, slower)."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        return None
-    try:
-        from recorder.session import _engine
-    except ImportError:
-        return None
-    pyx = Path(__file__).with_name("_engine.pyx")
-    if pyx.exists() and hashlib.sha256(pyx.read_bytes()).hexdigest() != _engine.SOURCE_SHA256:
-        logging.getLogger("recorder").warning(
-            "the compiled book engine is older than %s: running the pure-Python one "
-            "(rebuild with `pip install -e .`)",
-            pyx,
-        )
-        return None
-    return _engine
-
-
-PURE_OrderBook, PURE_BookSync = OrderBook, BookSync
-_engine = _compiled()
-if _engine is not None:
-    OrderBook, BookSync = _engine.OrderBook, _engine.BookSync  # type: ignore[misc,assignment]
-COMPILED = _engine is not None
+PURE_OrderBook, PURE_BookSync = OrderBook, BookSync  # this file's classes (the pure-Python build)
+if native.ENGINE is not None:  # the C build of the same classes (recorder/_engine.pyx)
+    OrderBook, BookSync = native.ENGINE.OrderBook, native.ENGINE.BookSync  # type: ignore[misc,assignment]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from recorder import native
 from recorder.model import (
     BOOK,
     CONNECT,
@@ -30,7 +31,6 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
-from recorder.session import book as _book
 from recorder.session.book import APPLIED, NEED_RESYNC, SNAPSHOT, WAITING, Outcome
 from recorder.session.book import STALE as DROPPED
 from recorder.session.stream import Stream
@@ -67,7 +67,7 @@ def _detail(m: ProtocolError) -> str:
 class _Routing:
     """The per-frame path: frame -> decode -> raw log -> parse -> route -> book engine. This is its
     definition and pure-Python build; `_engine.Routing` is its C build (the same steps), which
-    `Dispatcher` runs on when the book engine's C build is adopted (`book.COMPILED`). What a frame
+    `Dispatcher` runs on when the hot path's C build is adopted (`recorder.native`). What a frame
     rarely needs (an undecodable frame, a book outcome other than applied/waiting/dropped, acks,
     errors) is `DispatcherBase`'s Python in both builds."""
 
@@ -319,9 +319,9 @@ class PureDispatcher(DispatcherBase, _Routing):
     """The dispatcher on the pure-Python per-frame path (what `Dispatcher` is without the C build)."""
 
 
-if _book._engine is not None:
+if native.ENGINE is not None:
 
-    class Dispatcher(DispatcherBase, _book._engine.Routing):  # type: ignore[misc,name-defined]
+    class Dispatcher(DispatcherBase, native.ENGINE.Routing):  # type: ignore[misc,name-defined]
         """The dispatcher on the C build of the per-frame path (`_engine.Routing`)."""
 
 else:

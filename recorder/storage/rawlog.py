@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 import zstandard
 
+from recorder import native
 from recorder.storage.layout import run_id, unique_name
 
 HEADER, FRAME, BADFRAME, SENT, EVENT, TICK, REST = 0, 1, 2, 3, 4, 5, 6
@@ -70,7 +71,24 @@ def raw_dir(data_dir: str | Path, exchange: str, date: str) -> Path:
     return Path(data_dir) / "raw" / f"exchange={exchange}" / f"date={date}"
 
 
-class RawLog:
+class _Records:
+    """The raw log's per-frame step (pure-Python build; `_engine.Records` is its C build, which
+    `RawLog` runs on where it is adopted: `recorder.native`)."""
+
+    def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
+        """Buffer one record (no I/O here: a full disk must not break the receive path)."""
+        if self._need_header:
+            self._start_part(recv_us)
+        if type(payload) is str:
+            payload = payload.encode()
+        self.records += 1  # _append(), inlined: this runs once a frame
+        self._buffered_records += 1
+        buf = self._buf
+        buf += _REC.pack(recv_us, kind, len(payload))
+        buf += payload
+
+
+class RawLogBase:
     """Append-only raw capture for one connection. Not thread-safe: use from the event loop.
 
     Each `flush()` appends the buffered records as one independent zstd frame with a single write;
@@ -156,18 +174,6 @@ class RawLog:
     @property
     def buffered_bytes(self) -> int:
         return len(self._buf)
-
-    def frame(self, recv_us: int, payload: bytes | str, kind: int = FRAME) -> None:
-        """Buffer one record (no I/O here: a full disk must not break the receive path)."""
-        if self._need_header:
-            self._start_part(recv_us)
-        if type(payload) is str:
-            payload = payload.encode()
-        self.records += 1  # _append(), inlined: this runs once a frame
-        self._buffered_records += 1
-        buf = self._buf
-        buf += _REC.pack(recv_us, kind, len(payload))
-        buf += payload
 
     @property
     def buffered_records(self) -> int:
@@ -268,6 +274,19 @@ class RawLog:
             os.close(self._fd)
             self._fd = None
         self._need_header = True
+
+
+class PureRawLog(RawLogBase, _Records):
+    """The raw log on the pure-Python per-frame step (what `RawLog` is without the C build)."""
+
+
+if native.ENGINE is not None:
+
+    class RawLog(RawLogBase, native.ENGINE.Records):  # type: ignore[misc,name-defined]
+        """The raw log on the C build of its per-frame step (`_engine.Records`)."""
+
+else:
+    RawLog = PureRawLog  # type: ignore[misc]
 
 
 def release_reserve(fd_or_path: int | str | Path) -> None:

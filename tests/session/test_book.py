@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from recorder import native
 from recorder.model import BookMessage
 from recorder.session import book
 from recorder.session.book import Outcome
@@ -18,8 +19,8 @@ from recorder.venues.contract import Verdict
 def engine(request, monkeypatch):
     """Run the test on one build: `BookSync` below is that build's class."""
     if request.param == "compiled":
-        if not book.COMPILED:
-            pytest.skip("the C build of the book engine is not built here")
+        if not native.COMPILED:
+            pytest.skip("the C build of the hot path is not built here")
         cls = book.BookSync
     else:
         cls = book.PURE_BookSync

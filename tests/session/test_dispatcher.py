@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from recorder import native
 from recorder.model import BOOK, CONNECT, ERROR, TICKER, TRADES, Cause, tables_for
 from recorder.session import book, dispatcher
 from recorder.session.deadlines import Deadlines
@@ -25,8 +26,8 @@ def build(request, monkeypatch):
     """Run the test on one build of the per-frame path: `Dispatcher` below is that build's class
     (and its book engine that build's `BookSync`)."""
     if request.param == "compiled":
-        if not book.COMPILED:
-            pytest.skip("the C build of the book engine is not built here")
+        if not native.COMPILED:
+            pytest.skip("the C build of the hot path is not built here")
         monkeypatch.setitem(globals(), "Dispatcher", dispatcher.Dispatcher)
     else:
         monkeypatch.setitem(globals(), "Dispatcher", dispatcher.PureDispatcher)

@@ -1,7 +1,7 @@
-"""The book engine's C build (`recorder/session/_engine.pyx`) is the engine of `book.py`, only faster:
-the same outcomes, books, counters and `book_updates` bytes for any message sequence (hypothesis),
-adopted only when it is the build of the source beside it, and built wherever the README's install
-ran (CI)."""
+"""The hot path's C build (`recorder/_engine.pyx`) is the Python's, only faster: the book engine
+gives the same outcomes, books, counters and `book_updates` bytes for any message sequence, and the
+raw log the same records (hypothesis); it is adopted only when it is the build of the source beside
+it, and built wherever the README's install ran (CI)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recorder import native
 from recorder.model import BookMessage
 from recorder.session import book
+from recorder.storage import rawlog
 from recorder.storage.bookrows import BookRows
 from recorder.venues.bitmart_spot import VersionChain
 from recorder.venues.contract import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_build = pytest.mark.skipif(
-    not book.COMPILED and not os.environ.get("CI"), reason="the C build of the book engine is not built here"
+    not native.COMPILED and not os.environ.get("CI"), reason="the C build of the book engine is not built here"
 )
 
 
@@ -98,20 +100,52 @@ def test_the_c_build_does_what_book_py_does(policy, messages) -> None:
     assert compiled == pure
 
 
+_record = st.tuples(
+    st.integers(0, 2**62),
+    st.binary(max_size=300) | st.text(max_size=40) | st.binary(max_size=20).map(bytearray),
+    st.sampled_from([rawlog.FRAME, rawlog.BADFRAME, rawlog.SENT, rawlog.EVENT]),
+)
+
+
+@needs_build
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_record, max_size=40), st.integers(0, 40))
+def test_the_raw_log_records_the_same_bytes(tmp_path, records, flush_at) -> None:
+    """The same records, counters and positions from both builds, and files that read back alike."""
+    logs = {cls: cls(tmp_path / cls.__name__, "bitmart", {"topics": []}) for cls in (rawlog.PureRawLog, rawlog.RawLog)}
+    seen = {}
+    for cls, log in logs.items():
+        for i, (t, payload, kind) in enumerate(records):
+            if i == flush_at:
+                log.flush()
+            log.frame(t, payload, kind)
+        seen[cls] = (bytes(log._buf), log.records, log.buffered_records, log.position, log.buffered_since)
+        log.close()
+        back = [rawlog.read_records(p) for p in log.paths]
+        seen[cls] += ([(t, k, bytes(p)) for r in back for t, k, p in r if k != rawlog.HEADER],)
+    pure, compiled = seen.values()
+    assert compiled == pure
+    assert [r[2] for r in pure[-1]] == [p.encode() if isinstance(p, str) else bytes(p) for _, p, _ in records]
+
+
 @needs_build
 def test_the_c_build_is_adopted_and_is_the_build_of_its_source() -> None:
     """Wherever the README's install ran (CI included), the C build runs, and it is the build of the
     .pyx in the tree (a stale build would not be adopted: next test)."""
-    assert book.COMPILED
+    assert native.COMPILED
     assert book.BookSync is not book.PURE_BookSync
-    from recorder.session import _engine
+    from recorder import _engine
 
-    pyx = ROOT / "recorder" / "session" / "_engine.pyx"
+    pyx = ROOT / "recorder" / "_engine.pyx"
     assert hashlib.sha256(pyx.read_bytes()).hexdigest() == _engine.SOURCE_SHA256
 
 
 def _import_in(tree: Path, env: dict) -> subprocess.CompletedProcess:
-    code = "from recorder.session import book; print(book.COMPILED, book.BookSync.__module__)"
+    code = (
+        "from recorder import native; from recorder.session import book, dispatcher; from recorder.storage import rawlog; "
+        "print(native.COMPILED, book.BookSync.__module__, dispatcher.Dispatcher.__mro__[2].__module__, "
+        "rawlog.RawLog.__mro__[2].__module__)"
+    )
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=tree,
@@ -128,16 +162,16 @@ def test_a_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "recorder", tree / "recorder", ignore=shutil.ignore_patterns("__pycache__"))
     fresh = _import_in(tree, {})
-    assert fresh.stdout.split() == ["True", "recorder.session._engine"], fresh.stderr
-    pyx = tree / "recorder" / "session" / "_engine.pyx"
+    assert fresh.stdout.split() == ["True", *["recorder._engine"] * 3], fresh.stderr
+    pyx = tree / "recorder" / "_engine.pyx"
     pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
     stale = _import_in(tree, {})
     assert stale.returncode == 0, stale.stderr
-    assert stale.stdout.split() == ["False", "recorder.session.book"]
+    assert stale.stdout.split() == ["False", "recorder.session.book", "recorder.session.dispatcher", "recorder.storage.rawlog"]
     assert "older than" in stale.stderr and "pip install -e ." in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1
 
 
 def test_recorder_pure_python_selects_book_py(tmp_path) -> None:
-    r = _import_in(ROOT, {book.PURE_ENV: "1"})
-    assert r.stdout.split() == ["False", "recorder.session.book"], r.stderr
+    r = _import_in(ROOT, {native.PURE_ENV: "1"})
+    assert r.stdout.split() == ["False", "recorder.session.book", "recorder.session.dispatcher", "recorder.storage.rawlog"], r.stderr

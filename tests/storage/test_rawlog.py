@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import time
 
-from recorder.storage.rawlog import EVENT, FRAME, HEADER, RawLog, raw_dir, read_records
+import pytest
+
+from recorder import native
+from recorder.storage import rawlog
+from recorder.storage.rawlog import EVENT, FRAME, HEADER, raw_dir, read_records
+
+
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def build(request, monkeypatch):
+    """Run the test on one build of the per-frame step: `RawLog` below is that build's class."""
+    if request.param == "compiled" and not native.COMPILED:
+        pytest.skip("the C build of the hot path is not built here")
+    monkeypatch.setitem(globals(), "RawLog", rawlog.RawLog if request.param == "compiled" else rawlog.PureRawLog)
+    return request.param
+
+
+RawLog = rawlog.RawLog
 
 
 def test_disk_refusing_the_file_keeps_records_until_it_can(tmp_path):

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The book engine of `book.py` as C types: the same classes, the same behaviour, fewer µs a message.
+"""The hot path as C types: the same classes and steps as the Python, fewer µs a message.
 
-`recorder/session/book.py` is the engine's definition and its pure-Python fallback; this module is
-the compiled build of the same `OrderBook` and `BookSync`, which `book.py` adopts when it is built
-and matches this source (see `book._compiled`). Every rule here mirrors a line of `book.py`; the
-engine tests run against both (tests/test_engine.py), so the two cannot drift unseen.
+`session/book.py` (OrderBook, BookSync), `session/dispatcher.py` (`_Routing`: frame -> route -> book)
+and `storage/rawlog.py` (`_Records.frame`) are the definition and the pure-Python fallback; this
+module is their compiled build, adopted when it is built and matches this source (`recorder.native`).
+Every rule here mirrors a line of those; the tests run both builds and compare them
+(tests/session/test_engine_build.py), so the two cannot drift unseen.
 
 What C buys over CPython 3.11 here: C fields instead of slot lookups, C calls between the book, the
 sync and the row buffer, and the `book_updates` rows packed straight into the buffer's bytearray
@@ -12,13 +13,14 @@ sync and the row buffer, and the `book_updates` rows packed straight into the bu
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
 from cpython.long cimport PyLong_AsLongLong, PyLong_Check
 from cpython.number cimport PyNumber_Index
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
-from recorder.session.book import (
+from recorder.session.outcome import (
     APPLIED,
     MALFORMED,
     SNAPSHOT,
@@ -42,8 +44,8 @@ cdef extern from *:
     """
     const char* RECORDER_ENGINE_SHA256
 
-# sha256 of this file when it was compiled (set by setup.py): `book.py` adopts this build only when
-# it matches the .pyx beside it, so a build older than its source never runs
+# sha256 of this file when it was compiled (set by setup.py): `recorder.native` adopts this build
+# only when it matches the .pyx beside it, so a build older than its source never runs
 SOURCE_SHA256 = RECORDER_ENGINE_SHA256.decode()
 
 cdef object _GAP = Outcome.GAP
@@ -356,3 +358,60 @@ cdef class Routing:
             return 0
         self._book_outcome(topic, m, recv, outcome, was_valid)
         return 0
+
+
+# -- the raw log's record buffer (storage/rawlog.py, `_Records`) ----------------------------------
+
+cdef int64_t _FRAME = 1  # rawlog.FRAME
+RECORD_HEADER_BYTES = 13  # rawlog._REC: "<qBI"
+
+
+cdef inline void _le(char* out, uint64_t v, int n) noexcept:
+    cdef int i
+    for i in range(n):
+        out[i] = <char>(v & 0xFF)
+        v >>= 8
+
+
+cdef class Records:
+    """rawlog._Records's C build: one record `<recv_us:int64><kind:uint8><length:uint32><payload>`,
+    little-endian, appended to the buffer. `RawLog` is a Python class on this base."""
+
+    cdef public bytearray _buf
+    cdef public object records
+    cdef public object _buffered_records
+    cdef public bint _need_header
+
+    def frame(self, recv_us, payload, kind=_FRAME):
+        """Buffer one record (no I/O here: a full disk must not break the receive path)."""
+        cdef int64_t t
+        cdef int64_t k
+        cdef Py_ssize_t n, at
+        cdef char* base
+        if self._need_header:
+            self._start_part(recv_us)
+        if type(payload) is str:
+            payload = (<str>payload).encode()
+        self.records += 1
+        self._buffered_records += 1
+        t = _q(recv_us)
+        k = _q(kind)
+        n = len(payload)
+        if k < 0 or k > 255 or n > 0xFFFFFFFF:
+            raise OverflowError("raw record kind or length out of range")
+        buf = self._buf
+        at = PyByteArray_GET_SIZE(buf)
+        if type(payload) is bytes:
+            PyByteArray_Resize(buf, at + 13 + n)
+            base = PyByteArray_AS_STRING(buf) + at
+            _le(base, <uint64_t>t, 8)
+            base[8] = <char>k
+            _le(base + 9, <uint64_t>n, 4)
+            memcpy(base + 13, PyBytes_AS_STRING(payload), n)
+        else:
+            PyByteArray_Resize(buf, at + 13)
+            base = PyByteArray_AS_STRING(buf) + at
+            _le(base, <uint64_t>t, 8)
+            base[8] = <char>k
+            _le(base + 9, <uint64_t>n, 4)
+            buf += payload
