@@ -19,6 +19,13 @@ package, used as a client, unchanged) gets the same tape from a fresh simulator 
 seed and events, pinned to the same core as the recorder: `watch_order_book_for_symbols` and
 `watch_trades_for_symbols` over the same symbols until the tape is done. Printed side by side with
 the recorder's figures, with the ratios recorder/ccxt, so that every change is judged by them.
+
+`--instructions` runs the recorder under valgrind (cachegrind, no cache model) and reports its machine
+instructions a message stored, the whole process (start-up, aiohttp, asyncio, the flush thread): a
+figure that does not move with the machine's other load, unlike CPU seconds on a shared VM. Under
+valgrind the recorder reads ~30x slower and the sender waits for it (TCP); the run ends once the
+recorder has read what the sockets held. Its rates and times are valgrind's: only the count means
+anything. `python benchmarks/bench_record.py --instructions --events 100000` takes ~2 min.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -73,7 +81,17 @@ def sim_process(conn, symbols: int, events: int, exchange: str = "bitmart") -> N
     asyncio.run(main())
 
 
-def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchange: str = "bitmart") -> dict:
+VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+
+
+def run(
+    symbols: int,
+    events: int,
+    raw: bool,
+    profile: str | None = None,
+    exchange: str = "bitmart",
+    instructions: bool = False,
+) -> dict:
     parent, child = mp.Pipe()
     proc = mp.Process(target=sim_process, args=(child, symbols, events, exchange), daemon=True)
     proc.start()
@@ -84,6 +102,7 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
         "taskset",
         "-c",
         "0",
+        *(VALGRIND if instructions else []),
         sys.executable,
         "-m",
         "recorder.cli",
@@ -118,6 +137,8 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
         if sent_bytes == last and sent_bytes > 0:
             still += 0.2
             if still >= 2.0:
+                if instructions:  # under valgrind the recorder is far behind: let it read the backlog
+                    wait_idle(rec.pid)
                 break
         else:
             last, still = sent_bytes, 0.0
@@ -139,9 +160,29 @@ def run(symbols: int, events: int, raw: bool, profile: str | None = None, exchan
     try:
         if rec.returncode != 0:
             raise SystemExit(f"recorder failed: {err}")
-        return measure(data, sent, usage, symbols, raw, exchange, startup_cpu or 0.0)
+        res = measure(data, sent, usage, symbols, raw, exchange, startup_cpu or 0.0)
+        if instructions:
+            m = re.search(r"I\s+refs:\s+([\d,]+)", err)
+            if m is None:
+                raise SystemExit(f"no instruction count from valgrind: {err[-300:]}")
+            refs = int(m.group(1).replace(",", ""))
+            res["instructions_per_msg"] = round(refs / res["messages_stored"])
+        return res
     finally:
         shutil.rmtree(data, ignore_errors=True)  # hundreds of MB per run otherwise left in /tmp
+
+
+def wait_idle(pid: int, limit: float = 900.0) -> None:
+    """Until the process's CPU time grows by less than 5 % of a second per second (it has read what
+    the sockets hold), at most `limit` s."""
+    end = time.monotonic() + limit
+    cpu = proc_cpu_rss(pid)[0]
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        now = proc_cpu_rss(pid)[0]
+        if now - cpu < 0.05:
+            return
+        cpu = now
 
 
 def _recv(parent, rec: subprocess.Popen | None, timeout: float = 30.0):
@@ -451,6 +492,8 @@ def table(rec: dict, cc: dict | None) -> str:
     for label, key in rows:
         out.append(f"{label:24}{rec[key]:>12}{cc[key] if cc else '-':>12}")
     out.append(f"{'trades stored / seen':24}{rec['trades_stored']:>12}{cc['trades_seen'] if cc else '-':>12}")
+    if "instructions_per_msg" in rec:  # under valgrind: its times and rates are valgrind's, not the recorder's
+        out.append(f"{'instructions / message':24}{rec['instructions_per_msg']:>12,}{'-':>12}")
     if cc and not cc["complete"]:
         out.append(
             f"ccxt did NOT get the whole tape ({cc['trades_parsed']} of {cc['trades_sent']} trades reached "
@@ -476,6 +519,13 @@ def main() -> None:
     ap.add_argument("--profile", metavar="PATH", help="record py-spy collapsed stacks of the recorder here")
     ap.add_argument("--no-ccxt", action="store_true", help="skip ccxt.pro's client on the same tape")
     ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="run the recorder under valgrind and count its machine instructions a message, whole process "
+        "(start-up, aiohttp, the flush thread included): the same to ~1 %% whatever the machine's load; "
+        "slow (~40 s of start-up, ~3k msg/s); implies --no-ccxt",
+    )
+    ap.add_argument(
         "--ccxt-python",
         default=os.environ.get("BENCH_CCXT_PYTHON", sys.executable),
         help="interpreter that runs ccxt's client (a venv with aiohttp < 3.14: see the README)",
@@ -486,9 +536,9 @@ def main() -> None:
         ccxt_client(a.ccxt_client[0], a.ccxt_client[1], a.ccxt_client[2:])
         return
     load_before = load_average()
-    res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange)
+    res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange, a.instructions)
     cc = None
-    if not a.no_ccxt and a.exchange == "bitmart":
+    if not a.no_ccxt and not a.instructions and a.exchange == "bitmart":
         cc = run_ccxt(a.symbols, a.events, a.ccxt_python)
         res["ccxt"] = cc
         res["ratio_msg_per_s"] = round(res["msg_per_s"] / cc["msg_per_s"], 2)
