@@ -84,13 +84,22 @@ cdef inline double _d(object x) except? -1.0:
     return PyFloat_AsDouble(x)
 
 
+cdef Py_ssize_t _put(bytearray buf, Row* row, object levels, Py_ssize_t at) except -1:
+    """One side's levels as rows at `at` (the buffer is already long enough); the next offset."""
+    for p, q in levels:
+        row.price = _d(p)
+        row.amount = _d(q)
+        memcpy(PyByteArray_AS_STRING(buf) + at, row, _SIZE)
+        at += _SIZE
+    return at
+
+
 cdef int _pack(bytearray buf, object ts, object recv, object seq, bint snap, object bids, object asks) except -1:
     """BookRows.add on its bytearray: the message's bids, then its asks; all or nothing."""
     cdef Row row
     cdef Py_ssize_t k = PyByteArray_GET_SIZE(buf)
     cdef Py_ssize_t n = len(bids) + len(asks)
     cdef Py_ssize_t at = k
-    cdef char* base
     if n == 0:
         return 0  # no row: nothing converted (struct.pack is never called either)
     row.ts = _q(ts)
@@ -99,35 +108,34 @@ cdef int _pack(bytearray buf, object ts, object recv, object seq, bint snap, obj
     PyByteArray_Resize(buf, k + n * _SIZE)
     try:
         row.flags = 2 if snap else 0
-        for p, q in bids:
-            row.price = _d(p)
-            row.amount = _d(q)
-            base = PyByteArray_AS_STRING(buf)
-            memcpy(base + at, &row, _SIZE)
-            at += _SIZE
+        at = _put(buf, &row, bids, at)
         row.flags |= 1
-        for p, q in asks:
-            row.price = _d(p)
-            row.amount = _d(q)
-            base = PyByteArray_AS_STRING(buf)
-            memcpy(base + at, &row, _SIZE)
-            at += _SIZE
+        _put(buf, &row, asks, at)
     except BaseException:
         PyByteArray_Resize(buf, k)
         raise
     return 0
 
 
-cdef inline bint _above(object p, object best) except -1:
+cdef inline bint _better(object p, object best, bint bid) except -1:
+    """p > best for bids, p < best for asks (C doubles when both are floats)."""
     if type(p) is float and type(best) is float:
-        return PyFloat_AS_DOUBLE(p) > PyFloat_AS_DOUBLE(best)
-    return p > best
-
-
-cdef inline bint _below(object p, object best) except -1:
-    if type(p) is float and type(best) is float:
+        if bid:
+            return PyFloat_AS_DOUBLE(p) > PyFloat_AS_DOUBLE(best)
         return PyFloat_AS_DOUBLE(p) < PyFloat_AS_DOUBLE(best)
-    return p < best
+    return p > best if bid else p < best
+
+
+cdef object _apply_side(dict side, object levels, object best, bint bid):
+    """OrderBook.apply for one side: the side's new cached best (None: unknown)."""
+    for p, q in levels:
+        if q:
+            side[p] = q
+            if best is not None and _better(p, best, bid):
+                best = p
+        elif side.pop(p, None) is not None and p == best:
+            best = None
+    return best
 
 
 cdef class OrderBook:
@@ -150,26 +158,8 @@ cdef class OrderBook:
         self._best_bid = self._best_ask = None
 
     cpdef apply(self, object bids, object asks):
-        cdef dict side = self.bids
-        cdef object best = self._best_bid
-        for p, q in bids:
-            if q:
-                side[p] = q
-                if best is not None and _above(p, best):
-                    best = p
-            elif side.pop(p, None) is not None and p == best:
-                best = None
-        self._best_bid = best
-        best = self._best_ask
-        side = self.asks
-        for p, q in asks:
-            if q:
-                side[p] = q
-                if best is not None and _below(p, best):
-                    best = p
-            elif side.pop(p, None) is not None and p == best:
-                best = None
-        self._best_ask = best
+        self._best_bid = _apply_side(self.bids, bids, self._best_bid, True)
+        self._best_ask = _apply_side(self.asks, asks, self._best_ask, False)
 
     def best_bid(self):
         if self._best_bid is None and self.bids:
@@ -401,17 +391,13 @@ cdef class Records:
             raise OverflowError("raw record kind or length out of range")
         buf = self._buf
         at = PyByteArray_GET_SIZE(buf)
-        if type(payload) is bytes:
-            PyByteArray_Resize(buf, at + 13 + n)
-            base = PyByteArray_AS_STRING(buf) + at
-            _le(base, <uint64_t>t, 8)
-            base[8] = <char>k
-            _le(base + 9, <uint64_t>n, 4)
+        direct = type(payload) is bytes  # else (bytearray, memoryview) appended by the buffer protocol
+        PyByteArray_Resize(buf, at + 13 + (n if direct else 0))
+        base = PyByteArray_AS_STRING(buf) + at
+        _le(base, <uint64_t>t, 8)
+        base[8] = <char>k
+        _le(base + 9, <uint64_t>n, 4)
+        if direct:
             memcpy(base + 13, PyBytes_AS_STRING(payload), n)
         else:
-            PyByteArray_Resize(buf, at + 13)
-            base = PyByteArray_AS_STRING(buf) + at
-            _le(base, <uint64_t>t, 8)
-            base[8] = <char>k
-            _le(base + 9, <uint64_t>n, 4)
             buf += payload
