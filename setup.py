@@ -24,9 +24,11 @@ def extensions() -> list:
         [SOURCE],
         define_macros=[("RECORDER_ENGINE_SHA256", f'"{sha}"')],
         extra_compile_args=["-O2"],
-        optional=True,
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    built = cythonize([ext], language_level=3, quiet=True)
+    for e in built:  # cythonize's copies drop `optional`: without it a missing compiler fails the install
+        e.optional = True
+    return built
 
 
 setup(ext_modules=extensions())
