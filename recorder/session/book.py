@@ -5,6 +5,10 @@ message it accepts, and tells the caller when the book needs a fresh snapshot. T
 `SequencePolicy` decides what a message whose seq is not local + 1 means; the engine asks it only
 then, so the hot path pays nothing for it. It never does I/O: the dispatcher turns a `NEED_RESYNC`
 into a `Resync` intent, and the venue into its own resync messages.
+
+These classes are the engine's definition and its pure-Python build; where the C build of the same
+classes (`recorder/_engine.pyx`) is built and current, `OrderBook` and `BookSync` are that build's
+(`recorder.native`; the tests run both and compare them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from recorder.session.outcome import (  # the outcomes live there, shared with t
     _BY_VERDICT,
     APPLIED,
     MALFORMED,
-    NEED_RESYNC,
     SNAPSHOT,
     STALE,
     WAITING,
@@ -26,8 +29,6 @@ from recorder.session.outcome import (  # the outcomes live there, shared with t
 )
 from recorder.storage.bookrows import ROW_ERRORS, BookRows
 from recorder.venues.contract import SequencePolicy, Verdict
-
-__all__ = ["NEED_RESYNC", "BookSync", "OrderBook", "Outcome", "StrictIncrement"]  # and the outcome constants
 
 _UNKNOWN = None  # cached best price must be recomputed
 
@@ -181,6 +182,6 @@ class BookSync:
 
 # -- the compiled build ---------------------------------------------------------------------------
 
-PURE_OrderBook, PURE_BookSync = OrderBook, BookSync  # this file's classes (the pure-Python build)
+PureOrderBook, PureBookSync = OrderBook, BookSync  # this file's classes (the pure-Python build)
 if native.ENGINE is not None:  # the C build of the same classes (recorder/_engine.pyx)
     OrderBook, BookSync = native.ENGINE.OrderBook, native.ENGINE.BookSync  # type: ignore[misc,assignment]

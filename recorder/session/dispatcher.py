@@ -31,8 +31,8 @@ from recorder.model import (
     ProtocolError,
     TradeBatch,
 )
-from recorder.session.book import APPLIED, NEED_RESYNC, SNAPSHOT, WAITING, Outcome
-from recorder.session.book import STALE as DROPPED
+from recorder.session.outcome import APPLIED, NEED_RESYNC, SNAPSHOT, WAITING, Outcome
+from recorder.session.outcome import STALE as DROPPED
 from recorder.session.stream import Stream
 from recorder.storage.rawlog import BADFRAME, RawLog
 from recorder.venues.contract import Codec, Intent, RestPoll, Resync, Subscribe, VenueError

@@ -23,7 +23,7 @@ def engine(request, monkeypatch):
             pytest.skip("the C build of the hot path is not built here")
         cls = book.BookSync
     else:
-        cls = book.PURE_BookSync
+        cls = book.PureBookSync
     monkeypatch.setitem(globals(), "BookSync", cls)
     return cls
 

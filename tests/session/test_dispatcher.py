@@ -31,7 +31,7 @@ def build(request, monkeypatch):
         monkeypatch.setitem(globals(), "Dispatcher", dispatcher.Dispatcher)
     else:
         monkeypatch.setitem(globals(), "Dispatcher", dispatcher.PureDispatcher)
-        monkeypatch.setattr("recorder.session.stream.BookSync", book.PURE_BookSync)
+        monkeypatch.setattr("recorder.session.stream.BookSync", book.PureBookSync)
     return request.param
 
 

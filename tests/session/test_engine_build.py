@@ -95,7 +95,7 @@ def _run(cls, policy: str, messages: list[dict]) -> list:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(POLICIES)), st.lists(_message, max_size=25))
 def test_the_c_build_does_what_book_py_does(policy, messages) -> None:
-    pure = _run(book.PURE_BookSync, policy, messages)
+    pure = _run(book.PureBookSync, policy, messages)
     compiled = _run(book.BookSync, policy, messages)
     assert compiled == pure
 
@@ -133,7 +133,7 @@ def test_the_c_build_is_adopted_and_is_the_build_of_its_source() -> None:
     """Wherever the README's install ran (CI included), the C build runs, and it is the build of the
     .pyx in the tree (a stale build would not be adopted: next test)."""
     assert native.COMPILED
-    assert book.BookSync is not book.PURE_BookSync
+    assert book.BookSync is not book.PureBookSync
     from recorder import _engine
 
     pyx = ROOT / "recorder" / "_engine.pyx"
