@@ -11,8 +11,10 @@ aiohttp reader costs about 2 µs a frame when it reads big batches).
 On this project's VM even one process's CPU time moves by 10-30 % from run to run (the host's other
 guests), so `--instructions` counts instead: the pipeline's machine instructions a frame under
 valgrind (cachegrind without its cache model; two runs of this script, with and without the
-pipeline, and their difference over the frames). The count is the same to a few hundred in every
-run; it does not see cache misses or branch mispredictions (inflate's biggest cost), so changes are
+pipeline, and their difference over the frames). The count moves by up to ~2 k (3 %) from run to
+run (seen 51.6-53.6 k on the same tree: temp paths, run ids and clock values reach the raw log and
+Parquet, and the hash seed; a fixed PYTHONHASHSEED did not steady it), so compare a few runs of
+each; it does not see cache misses or branch mispredictions (inflate's biggest cost), so changes are
 judged on it first and on bench_record.py's CPU per message second. The stage table divides the
 work by timing each stage alone on the same frames; alone they run on cold lists, so they read a
 little high and "the rest" (by difference) a little low.
@@ -32,10 +34,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import repeat
 from pathlib import Path
 
 
-def tape(symbols: int, events: int) -> tuple[list[bytes], list[str]]:
+class Tape(list):
+    """The frames, and `owner[i]`: the index (in `symbols`) of the market frame i belongs to."""
+
+    owner: list[int]
+
+    def head(self, n: int) -> Tape:
+        out = Tape(self[:n])
+        out.owner = self.owner[:n]
+        return out
+
+
+def tape(symbols: int, events: int) -> tuple[Tape, list[str]]:
     """The simulator's frames in its sending order (snapshots, then 64 frames per topic in turn),
     and its market ids (the user symbols)."""
     from recorder.sim.frontends.bitmart_spot import BitmartSpotSim
@@ -43,7 +57,8 @@ def tape(symbols: int, events: int) -> tuple[list[bytes], list[str]]:
     sim = BitmartSpotSim(symbols=symbols, seed=1, rate=0, tape_events=events, include_pre_trade=False)
     sim.build_tapes(sim.market.steps(events))
     tapes = list(sim._tapes.values())
-    out = [t.snapshot for t in tapes]
+    out = Tape(t.snapshot for t in tapes)
+    out.owner = list(range(len(tapes)))
     cursors = [t.depth for t in tapes] + [[f for f, _ in t.trades] for t in tapes]
     index = [0] * len(cursors)
     while True:
@@ -52,6 +67,7 @@ def tape(symbols: int, events: int) -> tuple[list[bytes], list[str]]:
             chunk = frames[index[i] : index[i] + 64]
             if chunk:
                 out.extend(chunk)
+                out.owner.extend([i % len(tapes)] * len(chunk))
                 index[i] += len(chunk)
                 moved = True
         if not moved:
@@ -59,28 +75,32 @@ def tape(symbols: int, events: int) -> tuple[list[bytes], list[str]]:
 
 
 def collector(symbols: list[str], data: Path, raw: bool):
+    """A real collector's connections (115 topics each: 57 markets), not connected, and for each
+    market the dispatcher of the connection that holds it."""
     from recorder.collector import Collector, Options
     from recorder.venues.contract import Instrument
 
     c = Collector("bitmart", symbols, Options(data_dir=data, raw=raw, ws_url="ws://x", rest_url="http://x"))
     c.instruments = [Instrument(s, s.replace("-", "_")) for s in symbols]
-    (conn,) = c._open(c.instruments)  # ≤ 100 symbols: one connection holds them all
-    return c, conn
+    conns = c._open(c.instruments)
+    holder = {wire: conn.dispatcher for conn in conns for wire in conn.dispatcher.book_by_wire}
+    return c, conns, [holder[i.wire] for i in c.instruments]
 
 
-def run_pipeline(frames: list[bytes], symbols: list[str], raw: bool, flush_every: int) -> tuple[float, float, int]:
+def run_pipeline(frames: Tape, symbols: list[str], raw: bool, flush_every: int) -> tuple[float, float, int]:
     """CPU seconds for the whole pipeline over `frames`, of which in Parquet writes, and the rows
     written."""
     data = Path(tempfile.mkdtemp(prefix="bench-hotpath-"))
     try:
-        c, conn = collector(symbols, data, raw)
-        d, rawlog = conn.dispatcher, conn.dispatcher.rawlog
+        c, conns, by_market = collector(symbols, data, raw)
+        rawlogs = [conn.dispatcher.rawlog for conn in conns if raw]
+        owner = [by_market[i] for i in frames.owner]  # each frame's dispatcher
         raw_every = max(1, flush_every // 25)  # the raw log flushes 5x a second, tables every ~5 s
         rows, writing = 0, 0.0
 
         def flush() -> None:
             nonlocal rows, writing
-            if rawlog is not None:
+            for rawlog in rawlogs:
                 rawlog.sync()
             w0 = time.process_time()
             rows += c.sink.write(c.sink.take()) or 0
@@ -89,14 +109,17 @@ def run_pipeline(frames: list[bytes], symbols: list[str], raw: bool, flush_every
         recv = time.time_ns() // 1000
         gc.collect()
         t0 = time.process_time()
-        for n, f in enumerate(frames, 1):
+        # one connection (≤ 57 markets): the loop the figures in the README were measured with
+        pairs = zip(repeat(owner[0]), frames) if len(conns) == 1 else zip(owner, frames, strict=True)
+        for n, (d, f) in enumerate(pairs, 1):
             d.frame(recv + n, f)
-            if rawlog is not None and n % raw_every == 0:
-                rawlog.flush()
+            if n % raw_every == 0:
+                for rawlog in rawlogs:
+                    rawlog.flush()
             if n % flush_every == 0:
                 flush()
         flush()
-        if rawlog is not None:
+        for rawlog in rawlogs:
             rawlog.close()
         return time.process_time() - t0, writing, rows
     finally:
@@ -144,7 +167,7 @@ def main() -> None:
 
     frames, symbols = tape(a.symbols, a.events)
     if a.child:  # under valgrind: imports and set-up (one Parquet write of each table), then the pipeline
-        run_pipeline(frames[:200], symbols, True, 10**9)
+        run_pipeline(frames.head(200), symbols, True, 10**9)
         if a.child == "pipeline":
             run_pipeline(frames, symbols, True, 10**9)
         return
