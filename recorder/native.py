@@ -8,7 +8,7 @@ step; where it is built and current, those modules run on it (~2-3 µs a message
 README "Hot path, fourth pass"). The tests run both builds and compare them.
 
 `ENGINE` is the built module or None: None when it was not built (no C compiler at install time),
-when `RECORDER_PURE_PYTHON` is set (to anything but "" or "0"), or when the build is older than
+when `RECORDER_PURE_PYTHON` is set (to anything but "", 0, false, no, off, any case), or when the build is older than
 its .pyx (an edited source not rebuilt: a warning says so once, and the pure build runs; a build
 never runs code other than its source's).
 """
@@ -23,10 +23,11 @@ from types import ModuleType
 
 PURE_ENV = "RECORDER_PURE_PYTHON"
 SOURCE = Path(__file__).with_name("_engine.pyx")
+_OFF = ("", "0", "false", "no", "off")  # RECORDER_PURE_PYTHON=false means the C build, as a reader expects
 
 
 def _load() -> ModuleType | None:
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if os.environ.get(PURE_ENV, "").strip().lower() not in _OFF:
         return None
     try:
         from recorder import _engine

@@ -25,6 +25,8 @@ from recorder.venues.bitmart_spot import VersionChain
 from recorder.venues.contract import Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
+# what `_import_in` prints when the Python build runs
+PURE = ["False", "recorder.session.book", "recorder.session.dispatcher", "recorder.storage.rawlog"]
 needs_build = pytest.mark.skipif(
     not native.COMPILED and not os.environ.get("CI"), reason="the C build of the book engine is not built here"
 )
@@ -167,11 +169,16 @@ def test_a_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
     pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
     stale = _import_in(tree, {})
     assert stale.returncode == 0, stale.stderr
-    assert stale.stdout.split() == ["False", "recorder.session.book", "recorder.session.dispatcher", "recorder.storage.rawlog"]
+    assert stale.stdout.split() == PURE
     assert "older than" in stale.stderr and "pip install -e ." in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1
 
 
-def test_recorder_pure_python_selects_book_py(tmp_path) -> None:
-    r = _import_in(ROOT, {native.PURE_ENV: "1"})
-    assert r.stdout.split() == ["False", "recorder.session.book", "recorder.session.dispatcher", "recorder.storage.rawlog"], r.stderr
+@pytest.mark.parametrize(("value", "pure"), [("1", True), ("yes", True), ("0", False), ("False", False), (" off ", False)])
+def test_recorder_pure_python_selects_the_python_build(value, pure) -> None:
+    r = _import_in(ROOT, {native.PURE_ENV: value})
+    assert r.returncode == 0, r.stderr
+    if pure:
+        assert r.stdout.split() == PURE
+    elif native.COMPILED:
+        assert r.stdout.split() == ["True", *["recorder._engine"] * 3]
