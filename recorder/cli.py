@@ -112,7 +112,6 @@ def run(
     anywhere else, one plain status line per --status-interval."""
     from recorder.app.record import record
     from recorder.collector import Options
-    from recorder.metrics import MetricsConfig
     from recorder.shards import parse_shard
 
     def go() -> None:
@@ -129,7 +128,11 @@ def run(
         sim_options = {"rate": sim_rate, "seed": sim_seed} if sim else None
         if metrics_port is not None and not 0 <= metrics_port <= 65535:
             fail(f"--metrics-port must be 0 (a free port) to 65535, not {metrics_port}")
-        metrics = MetricsConfig(metrics_port, metrics_host, metrics_per_symbol) if metrics_port is not None else None
+        metrics = None
+        if metrics_port is not None:  # prometheus_client and aiohttp's server load only then
+            from recorder.metrics import MetricsConfig
+
+            metrics = MetricsConfig(metrics_port, metrics_host, metrics_per_symbol)
         if sim_options is not None and sim_symbols:
             sim_options["symbols"] = sim_symbols
         if config is not None:

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = ROOT / "recorder"
-HEAVY = ("aiohttp", "duckdb", "pandas")
+HEAVY = ("aiohttp", "duckdb", "pandas", "prometheus_client")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -41,8 +41,12 @@ def loaded_after(code: str) -> set[str]:
         ("import recorder.venues.bitmart_spot", ("aiohttp", "duckdb")),
         ("import recorder.venues as v; v.names(); [v.venue(n) for n in v.names()]", ("aiohttp", "duckdb")),
         ("import recorder.session.dispatcher", ("aiohttp", "duckdb")),
-        # what `recorder run` loads before it records: DuckDB and pandas would cost ~16 / ~42 MB of RSS
-        ("import recorder.cli, recorder.app.record, recorder.app.console, recorder.collector", ("duckdb", "pandas")),
+        # what `recorder run` loads before it records: DuckDB and pandas would cost ~16 / ~42 MB of RSS;
+        # the metrics exporter (prometheus_client, aiohttp's server) only with --metrics-port
+        (
+            "import recorder.cli, recorder.app.record, recorder.app.console, recorder.collector",
+            ("duckdb", "pandas", "prometheus_client"),
+        ),
     ],
 )
 def test_light_modules_load_no_heavy_dependency(code, forbidden):

@@ -7,6 +7,7 @@ import gc
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,11 +19,13 @@ from recorder.app.signals import install_signal_handlers
 from recorder.app.simulate import start_simulator
 from recorder.collector import Collector, Options, Unwritten
 from recorder.errors import RecorderError
-from recorder.metrics import Exporter, MetricsConfig, serve_metrics
 from recorder.recovery import recover_data_dir
 from recorder.storage.checkpoint import RunLock
 from recorder.storage.layout import check_writable
 from recorder.storage.objectstore import S3Url, Shipper, open_spool, parse_s3
+
+if TYPE_CHECKING:  # loaded only with --metrics-port: prometheus_client and aiohttp's server cost start-up
+    from recorder.metrics import Exporter, MetricsConfig
 
 
 async def record(
@@ -62,7 +65,7 @@ async def record(
     try:
         console = Printer()  # lines on stderr, whole (or JSON lines: --log-format json)
         collector = Collector(exchange, symbols, opts)
-        exporter = await serve_metrics(metrics, [collector], shipper, lambda s, f: console.print(s, fields=f))
+        exporter = await _serve_metrics(metrics, [collector], shipper, console)
         if opts.data_dir is not None:
             await _check_and_recover(opts.data_dir, console)
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
@@ -127,7 +130,7 @@ async def record_many(
                 p.options.ws_url = p.options.ws_url or simulators[-1].ws_url
                 p.options.rest_url = p.options.rest_url or simulators[-1].rest_url
             collectors.append(Collector(p.exchange, p.symbols, p.options))
-        exporter = await serve_metrics(metrics, collectors, None, lambda s, f: console.print(s, fields=f))
+        exporter = await _serve_metrics(metrics, collectors, None, console)
         await _check_and_recover(data_dir, console)
         lock = RunLock(data_dir)  # one run (one process): its raw logs are told apart by exchange
         for c in collectors:
@@ -202,6 +205,17 @@ async def _with_status(console: Printer, collectors: list[Collector], status: bo
 
 def _open_logs(c: Collector) -> set[Path]:
     return {p for x in list(c.connections) if x.dispatcher.rawlog and (p := x.dispatcher.rawlog.open_path)}
+
+
+async def _serve_metrics(
+    metrics: MetricsConfig | None, collectors: list[Collector], shipper: Shipper | None, console: Printer
+) -> Exporter | None:
+    """/metrics and /healthz when asked (`--metrics-port`); the exporter's modules are imported only then."""
+    if metrics is None:
+        return None
+    from recorder.metrics import serve_metrics
+
+    return await serve_metrics(metrics, collectors, shipper, lambda s, f: console.print(s, fields=f))
 
 
 async def _close_spool(shipper: Shipper, url: S3Url, console: Console) -> None:
