@@ -31,7 +31,7 @@ from recorder.session.outcome import (
     _BY_VERDICT,
 )
 from recorder.model import Ack, BookMessage, DerivativeTicker, HeldTopics, ProtocolError, TradeBatch
-from recorder.storage.bookrows import NULL_SEQ, ROW_ERRORS, BookRows, _ROW
+from recorder.storage.bookrows import EMPTY_BOOK, NULL_SEQ, ROW_ERRORS, BookRows, _ROW
 from recorder.venues.contract import Verdict
 
 import heapq
@@ -267,8 +267,11 @@ cdef class BookSync:
         self.book.apply(msg.bids, msg.asks)
         self.seq = msg.seq
         self.last_ts = msg.ts
+        bids, asks = msg.bids, msg.asks
+        if not bids and not asks:  # an empty book is stored too: one row that removes nothing
+            bids = EMPTY_BOOK
         try:
-            self._add(msg.ts, recv_ts, msg.seq, True, msg.bids, msg.asks)
+            self._add(msg.ts, recv_ts, msg.seq, True, bids, asks)
         except _ROW_ERRORS:
             self.valid = False
             return _MALFORMED

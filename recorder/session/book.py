@@ -27,7 +27,7 @@ from recorder.session.outcome import (  # the outcomes live there, shared with t
     Outcome,
     StrictIncrement,
 )
-from recorder.storage.bookrows import ROW_ERRORS, BookRows
+from recorder.storage.bookrows import EMPTY_BOOK, ROW_ERRORS, BookRows
 from recorder.venues.contract import SequencePolicy, Verdict
 
 _UNKNOWN = None  # cached best price must be recomputed
@@ -171,8 +171,11 @@ class BookSync:
         self.book.apply(msg.bids, msg.asks)
         self.seq = msg.seq
         self.last_ts = msg.ts
+        bids, asks = msg.bids, msg.asks
+        if not bids and not asks:  # an empty book is stored too: one row that removes nothing
+            bids = EMPTY_BOOK
         try:
-            self.rows.add(msg.ts, recv_ts, msg.seq, True, msg.bids, msg.asks)
+            self.rows.add(msg.ts, recv_ts, msg.seq, True, bids, asks)
         except ROW_ERRORS:
             self.valid = False
             return MALFORMED

@@ -32,6 +32,10 @@ _SIZE = _ROW.size
 _SIDES = np.frombuffer(b"bidask", dtype=np.uint8).reshape(2, 3)  # both sides are 3 bytes long
 ROW_BYTES = _SIZE + 4  # + the bytearray's spare capacity
 ROW_ERRORS = (struct.error, OverflowError, TypeError, ValueError)  # what `add` raises (adding nothing)
+# The levels a snapshot with no level at all is stored with: one bid at price 0 with amount 0, the
+# removal of a level no book holds. Replaying `book_updates` by the contract's rule (a snapshot group
+# resets the book) then empties the book; without a row the replay kept the levels from before.
+EMPTY_BOOK = ((0.0, 0.0),)
 
 
 class BookRows:

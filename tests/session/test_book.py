@@ -95,3 +95,46 @@ def test_policy_restart_verdict():
     assert s.on_message(msg(2, [(1.0, 2.0)]), 0) is Outcome.RESTART
     assert not s.valid
     assert s.book.bids == {1.0: 1.0}  # nothing applied
+
+
+def test_an_empty_snapshot_is_stored_and_a_replay_of_the_rows_empties_the_book(tmp_path):
+    """A venue sends an empty snapshot for a book with no order (BitMart's perpetual does, protocols/
+    bitmart.md §4.2): the rows say so (one bid at price 0, amount 0: a removal of nothing), so that
+    replaying `book_updates` by the contract's rule gives the empty book, not the levels before it."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recorder.bookreplay import rebuild_book
+    from recorder.model import SCHEMAS
+
+    t0 = int(dt.datetime(2026, 12, 2, tzinfo=dt.UTC).timestamp() * 1_000_000)
+    rows = BookRows()
+    s = BookSync(rows, VersionChain())
+    assert s.on_message(msg(1, [(10.0, 1.0)], [(11.0, 2.0)], snap=True, ts=t0), t0 + 1) is Outcome.SNAPSHOT
+    assert s.on_message(msg(2, [(9.0, 3.0)], ts=t0 + 5), t0 + 6) is Outcome.APPLIED
+    assert s.on_message(msg(2, [], []), t0 + 8) is Outcome.STALE  # an empty update: still no row
+    assert s.on_message(msg(7, snap=True, ts=t0 + 10), t0 + 11) is Outcome.SNAPSHOT
+    assert s.valid and s.seq == 7 and s.book.bids == {} and s.book.asks == {}
+    assert s.book.best_bid() is None and s.book.best_ask() is None
+    assert list(rows)[3:] == [(t0 + 10, t0 + 11, 7, True, "bid", 0.0, 0.0)]
+    assert s.on_message(msg(8, [], [(12.0, 1.0)], ts=t0 + 20), t0 + 21) is Outcome.APPLIED  # the book refills
+
+    cols = list(zip(*rows, strict=True))
+    us = pa.timestamp("us", tz="UTC")
+    table = pa.table(
+        {"ts": pa.array(cols[0], us), "recv_ts": pa.array(cols[1], us), "seq": cols[2], "is_snapshot": cols[3],
+         "side": cols[4], "price": cols[5], "amount": cols[6]},
+        schema=SCHEMAS["book_updates"],
+    )
+    part = tmp_path / "book_updates" / "exchange=bitmart/symbol=BTC-USDT/date=2026-12-02"
+    part.mkdir(parents=True)
+    pq.write_table(table, part / "a.parquet")
+
+    def at(recv: int) -> tuple:
+        return rebuild_book(tmp_path, "bitmart", "BTC-USDT", dt.datetime.fromtimestamp(recv / 1e6, dt.UTC)).top()
+
+    assert at(t0 + 6) == ([(10.0, 1.0), (9.0, 3.0)], [(11.0, 2.0)])
+    assert at(t0 + 11) == ([], [])  # before: the replay kept the two bids and the ask
+    assert at(t0 + 21) == ([], [(12.0, 1.0)])
