@@ -9,6 +9,7 @@ the simulator sent: zero lost trades, every depth message stored, zero sequence 
     python benchmarks/bench_record.py --symbols 1 --events 400000
     python benchmarks/bench_record.py --symbols 100 --events 400000
     python benchmarks/bench_record.py --exchange bitmart_perpetual --symbols 1
+    python benchmarks/bench_record.py --pairs 5   # five recorder/ccxt.pro pairs and their medians
 
 `--exchange bitmart_perpetual` runs the same against the perpetual simulator's tape (TEXT JSON frames,
 sizes in contracts, an empty push after every 64th update): the recorder also subscribes ticker and
@@ -45,6 +46,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -523,6 +525,46 @@ def table(rec: dict, cc: dict | None) -> str:
     return "\n".join(out)
 
 
+MEDIAN_KEYS = ("msg_per_s", "cpu_us_per_msg", "cpu_us_per_msg_after_startup", "peak_rss_mb", "ratio_msg_per_s")
+
+
+def medians(runs: list[dict]) -> dict:
+    """The median of each figure over `runs` (the recorder's, ccxt's, and the per-run ratios)."""
+    out: dict = {k: statistics.median(r[k] for r in runs) for k in MEDIAN_KEYS if k in runs[0]}
+    if "ccxt" in runs[0]:
+        out["ccxt_msg_per_s"] = statistics.median(r["ccxt"]["msg_per_s"] for r in runs)
+        out["ccxt_cpu_us_per_msg"] = statistics.median(r["ccxt"]["cpu_us_per_msg"] for r in runs)
+        out["ccxt_over_recorder_cpu"] = round(
+            statistics.median(r["ccxt"]["cpu_us_per_msg"] / r["cpu_us_per_msg"] for r in runs), 2
+        )
+    out["lost_or_gaps_in_any_run"] = any(not r["zero_loss"] for r in runs)
+    return out
+
+
+def summary(runs: list[dict]) -> str:
+    """One line a run, then the medians."""
+    m = medians(runs)
+    lines = [f"{'run':>4}{'msg/s':>10}{'CPU µs/msg':>12}{'ccxt msg/s':>12}{'ccxt µs/msg':>13}{'ratio':>8}"]
+    for i, r in enumerate(runs, 1):
+        c = r.get("ccxt")
+        lines.append(
+            f"{i:>4}{r['msg_per_s']:>10}{r['cpu_us_per_msg']:>12}{c['msg_per_s'] if c else '-':>12}"
+            f"{c['cpu_us_per_msg'] if c else '-':>13}{r.get('ratio_msg_per_s', '-'):>8}"
+        )
+    tail = "; LOSS OR GAPS in a run" if m["lost_or_gaps_in_any_run"] else "; 0 lost, 0 gaps in every run"
+    ccxt = ""
+    if "ccxt_msg_per_s" in m:
+        ccxt = (
+            f"; ccxt.pro {m['ccxt_msg_per_s']:.0f} msg/s, {m['ccxt_cpu_us_per_msg']:.1f} µs/msg; ratio "
+            f"{m['ratio_msg_per_s']:.2f}x the rate, {m['ccxt_over_recorder_cpu']:.2f}x less CPU a message"
+        )
+    lines.append(
+        f"medians of {len(runs)}: recorder {m['msg_per_s']:.0f} msg/s, {m['cpu_us_per_msg']:.1f} µs/msg "
+        f"({m['cpu_us_per_msg_after_startup']:.1f} after start-up){ccxt}{tail}"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
@@ -545,27 +587,45 @@ def main() -> None:
         default=os.environ.get("BENCH_CCXT_PYTHON", sys.executable),
         help="interpreter that runs ccxt's client (a venv with aiohttp < 3.14: see the README)",
     )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="run the recorder and ccxt.pro this many times, alternately, and print the medians: one "
+        "run's ratio moves with the host's load at the moment each side runs (2.9-5.0x seen in six runs)",
+    )
     ap.add_argument("--ccxt-client", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ccxt_client:
         ccxt_client(a.ccxt_client[0], a.ccxt_client[1], a.ccxt_client[2:])
         return
-    load_before = load_average()
-    res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange, a.instructions)
-    cc = None
-    if not a.no_ccxt and not a.instructions and a.exchange == "bitmart":
-        cc = run_ccxt(a.symbols, a.events, a.ccxt_python)
-        res["ccxt"] = cc
-        res["ratio_msg_per_s"] = round(res["msg_per_s"] / cc["msg_per_s"], 2)
-        res["ratio_cpu_us_per_msg"] = round(res["cpu_us_per_msg"] / cc["cpu_us_per_msg"], 2)
-    res["load_average"] = {"before": load_before, "after": load_average()}
+    if a.pairs < 1:
+        raise SystemExit("--pairs must be 1 or more")
+    with_ccxt = not a.no_ccxt and not a.instructions and a.exchange == "bitmart"
+    runs = []
+    for i in range(a.pairs):
+        load_before = load_average()
+        res = run(a.symbols, a.events, not a.no_raw, a.profile, a.exchange, a.instructions)
+        cc = None
+        if with_ccxt:
+            cc = run_ccxt(a.symbols, a.events, a.ccxt_python)
+            res["ccxt"] = cc
+            res["ratio_msg_per_s"] = round(res["msg_per_s"] / cc["msg_per_s"], 2)
+            res["ratio_cpu_us_per_msg"] = round(res["cpu_us_per_msg"] / cc["cpu_us_per_msg"], 2)
+        res["load_average"] = {"before": load_before, "after": load_average()}
+        runs.append(res)
+        if a.pairs > 1:
+            print(f"run {i + 1} of {a.pairs}:")
+        print(json.dumps(res, indent=2))
+        print(table(res, cc))
+    out = runs[0] if a.pairs == 1 else {"runs": runs, "medians": medians(runs)}
     OUT.mkdir(exist_ok=True)
     venue = "" if a.exchange == "bitmart" else f"-{a.exchange}"
     (OUT / f"record{venue}-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(
-        json.dumps(res, indent=2)
+        json.dumps(out, indent=2)
     )
-    print(json.dumps(res, indent=2))
-    print(table(res, cc))
+    if a.pairs > 1:
+        print(summary(runs))
 
 
 if __name__ == "__main__":
