@@ -242,7 +242,9 @@ def _typed(raw: bytes | str) -> list[Message] | None:
 
 def parse(raw: bytes | str) -> list[Message]:
     """Decode one payload into messages. Never raises: bad input becomes ProtocolError."""
-    if raw in _KEEPALIVE_TEXTS:  # our pong, or a server's own text ping (nothing to answer)
+    # our pong, or a server's own text ping (nothing to answer); the length first: a set lookup
+    # hashes the whole payload, and every market-data push is longer
+    if len(raw) == 4 and raw in _KEEPALIVE_TEXTS:
         return [Pong()]
     records = _typed(raw)
     if records is not None:
