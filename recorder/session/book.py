@@ -168,10 +168,10 @@ class BookSync:
     def _snapshot(self, msg: BookMessage, recv_ts: int) -> Outcome:
         self.snapshots += 1
         self.book.clear()
-        self.book.apply(msg.bids, msg.asks)
+        bids, asks = msg.bids, msg.asks
+        self.book.apply(bids, asks)
         self.seq = msg.seq
         self.last_ts = msg.ts
-        bids, asks = msg.bids, msg.asks
         if not bids and not asks:  # an empty book is stored too: one row that removes nothing
             bids = EMPTY_BOOK
         try:
