@@ -477,6 +477,11 @@ class Collector:
             self.disk_refusing_since = None
         return written
 
+    def open_raw_logs(self) -> set[Path]:
+        """The raw-log parts the connections hold open now: not finished, so not to be published
+        (`objectstore.Shipper.open_logs`; called from the publishing thread, hence the list copy)."""
+        return {p for x in list(self.connections) if x.dispatcher.rawlog and (p := x.dispatcher.rawlog.open_path)}
+
     def unwritten(self) -> Unwritten:
         """After `run()`: the rows still buffered, and how many of them the raw log cannot bring back.
 

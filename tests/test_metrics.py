@@ -336,6 +336,7 @@ async def test_healthz_says_when_publishing_to_the_bucket_keeps_failing(tmp_path
     shipper.interval = 0.2
     async with BitmartSpotSim(symbols=["BTC_USDT"], seed=4, rate=50) as sim:
         c = Collector("bitmart", ["BTC-USDT"], options(shipper.spool, sim))
+        shipper.open_logs = c.open_raw_logs  # as `recorder run` wires it: an open raw log is not finished
         try:
             async with exported(c, shipper) as (port, _):
                 shipper.start()

@@ -71,7 +71,7 @@ async def record(
         await collector.prepare(recovered=True)  # the data dir is checked and recovered once, above
         if shipper is not None:
             shipper.on_error = lambda msg: console.print(f"cannot publish to {url}: {msg}", level="warning")
-            shipper.open_logs = lambda: _open_logs(collector)
+            shipper.open_logs = collector.open_raw_logs
             shipper.start()  # first: what a crashed run left in the spool (recovered above)
         if signals:
             restore_signals = install_signal_handlers(collector.stop)
@@ -201,10 +201,6 @@ async def _with_status(console: Printer, collectors: list[Collector], status: bo
             updater.cancel()
     else:
         await run
-
-
-def _open_logs(c: Collector) -> set[Path]:
-    return {p for x in list(c.connections) if x.dispatcher.rawlog and (p := x.dispatcher.rawlog.open_path)}
 
 
 async def _serve_metrics(

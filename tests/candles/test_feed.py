@@ -86,6 +86,12 @@ def us_index(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def closed_complete(feed: CandlesFeed, since: int) -> bool:
+    """A closed, complete candle with trades opened at or after `since` (epoch µs)?"""
+    df = us_index(feed.candles)
+    return bool((df.closed & df.complete & (df.trades > 0) & (df.index >= since)).any())
+
+
 def assert_same_candles(feed_df: pd.DataFrame, want: pd.DataFrame) -> None:
     """OHLC and trade counts exactly; sums to float rounding (summation order differs)."""
     assert list(feed_df.index) == list(want.index)
@@ -237,11 +243,14 @@ async def test_history_survives_reconnect_and_the_gap_is_marked():
     )
     try:
         await feed.start()
-        await asyncio.sleep(2.0)
+        # a candle with trades closed, complete, before the drop (not a fixed sleep: on a loaded
+        # machine two seconds held none), and one after the reconnect
+        await wait_for(lambda: closed_complete(feed, 0), 10, "a closed candle before the drop")
+        await asyncio.sleep(0.2)  # a later trade closes a candle at once: its end clear of the drop's margin
         before = feed.candles
         assert sim.drop_connections() == 1
         await wait_for(lambda: feed.reconnects >= 1 and feed.live, 10, "reconnect")
-        await asyncio.sleep(1.5)
+        await wait_for(lambda: closed_complete(feed, us(feed.coverage[-1][0])), 10, "a closed candle after it")
         sim.pause()
         await sim.drain()
         rows = sent_rows(sim)
