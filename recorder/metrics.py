@@ -176,6 +176,11 @@ class Watcher:
             why = sh.errors[-1] if sh.errors else "failed"
             out.append(f"publishing to {sh.publisher.url} failing for {now - sh.failing_since:.0f} s "
                        f"(files wait in the spool {sh.spool}): {why}")
+        if sh is not None and sh.refused:
+            first = next(iter(sh.refused.values()))
+            more = f" and {len(sh.refused) - 1} more" if len(sh.refused) > 1 else ""
+            out.append(f"{len(sh.refused)} file(s) refused by {sh.publisher.url}, kept in the spool {sh.spool}: "
+                       f"{first}{more}")
         for c in self.collectors:
             if not c.connections:
                 out.append(f"{c.exchange}: starting (no stream subscribed yet)")
@@ -331,9 +336,13 @@ class RecorderCollector(PromCollector):
             pub.add_metric([], res.uploaded + res.already)
             pbytes = _counter("recorder_published_bytes", "bytes uploaded to the object store", [])
             pbytes.add_metric([], res.bytes)
-            perr = _counter("recorder_publish_errors", "failed publishing attempts (a sweep stops at its first)", [])
+            perr = _counter("recorder_publish_errors", "failed publishing attempts (a failing store stops "
+                            "the sweep; a file refused for good is set aside)", [])
             perr.add_metric([], shipper.failures)
-            yield from (pub, pbytes, perr)
+            refused = _gauge("recorder_publish_refused_files", "files the object store refused for good (their "
+                             "key holds other content): kept in the spool, not tried again by this process", [])
+            refused.add_metric([], len(shipper.refused))
+            yield from (pub, pbytes, perr, refused)
             if self.w.last_publish is not None:
                 age = _gauge("recorder_last_publish_age_seconds", "seconds since a file was last published "
                              f"(to a {WATCHDOG_TICK:g} s tick)", [])

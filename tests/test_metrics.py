@@ -371,3 +371,52 @@ def test_the_metrics_line_in_json_logs_carries_the_port(tmp_path):
     first = next(x for x in lines if x["msg"].startswith("metrics on"))
     assert isinstance(first["port"], int) and first["port"] > 0
     assert first["healthz_url"] == f"http://127.0.0.1:{first['port']}/healthz"
+
+
+async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(tmp_path, s3):
+    """A spool file whose key already holds other content (or a damaged Parquet file) used to stop
+    every sweep at itself, holding back every file sorted after it. Now it is set aside: the later
+    file is published, the refused ones stay in the spool and are not tried again, each is reported
+    once, and /healthz and `recorder_publish_refused_files` say so."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recorder.storage.objectstore import Publisher, Shipper, parse_s3
+
+    _, client, log = s3
+    spool = tmp_path / "spool"
+    part = "exchange=bitmart/symbol=BTC-USDT/date=2024-01-01"
+    taken = spool / "book_updates" / part / "a.parquet"  # sorts first: its key holds other content
+    damaged = spool / "book_updates" / part / "b.parquet"  # not Parquet at all
+    later = spool / "trades" / part / "c.parquet"
+    for f in (taken, damaged, later):
+        f.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"x": [1, 2]}), taken)
+    damaged.write_bytes(b"not parquet")
+    pq.write_table(pa.table({"x": [3]}), later)
+    client.put_object(Bucket=BUCKET, Key=f"lake/book_updates/{part}/a.parquet", Body=b"someone else's")
+    said: list[str] = []
+    shipper = Shipper(Publisher(spool, parse_s3(f"s3://{BUCKET}/lake"), client), on_error=said.append)
+    assert shipper.sweep() == 1
+    assert f"lake/trades/{part}/c.parquet" in _objects(client) and not later.exists()
+    assert taken.exists() and damaged.exists(), "nothing refused leaves the spool"
+    assert set(shipper.refused) == {taken, damaged}
+    assert "already exists with different content" in shipper.refused[taken]
+    assert "not a readable Parquet file" in shipper.refused[damaged]
+    assert len(said) == 2 and all("\n" not in s for s in said)
+    log.clear()
+    assert shipper.sweep() == 0
+    assert not [r for r in log.requests if "a.parquet" in r[1]], "a refused file is not tried again"
+    assert len(said) == 2, "each refusal is reported once"
+    assert client.get_object(Bucket=BUCKET, Key=f"lake/book_updates/{part}/a.parquet")["Body"].read() == (
+        b"someone else's"
+    ), "nothing overwritten"
+    exporter = Exporter([], shipper)
+    port = await exporter.start(port=0)
+    try:
+        status, body = await healthz(port)
+        assert status == 503
+        assert any("2 file(s) refused" in w and "a.parquet" in w for w in body["why"]), body
+        assert value(await scrape(port), "recorder_publish_refused_files") == 2
+    finally:
+        await exporter.stop()

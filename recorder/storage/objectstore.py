@@ -131,6 +131,10 @@ class ObjectExists(RecorderError):
     """A different object already holds the key: nothing is overwritten, the local file stays."""
 
 
+class Unreadable(RecorderError):
+    """A spool file that is not what its name says (a damaged Parquet file): not published."""
+
+
 @dataclass
 class PublishResult:
     uploaded: int = 0
@@ -313,6 +317,13 @@ class Shipper:
     finished. A raw log is shipped only once closed: one of this run that no connection holds open
     (`open_logs()`, read after listing, so a log opened meanwhile is not listed), or one of a run
     that is over (`.runs/<run>.done`; a crashed run's logs stay until recovery has used them).
+
+    Two kinds of failure. The store failing (unreachable, an error answer, a file that did not
+    verify) stops the sweep: every later file would meet it too; they all stay for the next sweep.
+    A file the store refuses for good (`ObjectExists`: its key holds other content), or a damaged
+    Parquet file (`Unreadable`), is set aside in `refused` and the sweep goes on, so one such file
+    does not hold back the rest; it stays in the spool, is not tried again by this process (a later
+    `recorder run` does), and /healthz names it.
     """
 
     def __init__(
@@ -330,13 +341,15 @@ class Shipper:
         self.errors: list[str] = []  # distinct messages, in order (each reported once)
         self.failures = 0  # failed sweeps (every one, not only new messages)
         self.failing_since: float | None = None  # monotonic time of the first failure since a success
+        self.refused: dict[Path, str] = {}  # files the store refused for good (kept in the spool): why
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def sweep(self) -> int:
         """Publish what is finished now; returns the files published. A store that fails stops
-        this sweep (the files stay in the spool for the next one); the error is reported once."""
+        this sweep (the files stay in the spool for the next one); a file it refuses for good is set
+        aside and the sweep goes on. Each distinct error is reported once."""
         from recorder.storage.layout import run_id, run_of
 
         with self._lock:
@@ -345,6 +358,8 @@ class Shipper:
             me = run_id()
             n = 0
             for p in files:
+                if p in self.refused:
+                    continue
                 if p.name.endswith(".rawlog.zst"):
                     run = run_of(p.name)
                     if p.resolve() in held or run is None:
@@ -353,23 +368,33 @@ class Shipper:
                         continue
                 try:
                     if p.name.endswith(".parquet"):
-                        remember(p)
+                        try:
+                            remember(p)
+                        except ValueError as exc:  # pyarrow's ArrowInvalid: a damaged file
+                            raise Unreadable(f"{p}: not a readable Parquet file ({exc}); kept in the spool, "
+                                             "not published") from None
                     self.publisher.publish(p)
                     n += 1
                     self.failing_since = None
                 except FileNotFoundError:
                     continue
-                except (RecorderError, OSError) as exc:
+                except (ObjectExists, Unreadable) as exc:  # this file only: the rest go on
+                    self.failures += 1
+                    self.refused[p] = str(exc)
+                    self._report(str(exc))
+                except (RecorderError, OSError) as exc:  # the store: the rest would fail too
                     self.failures += 1
                     if self.failing_since is None:
                         self.failing_since = time.monotonic()
-                    msg = str(exc) if isinstance(exc, RecorderError) else f"{p}: {exc}"
-                    if not self.errors or self.errors[-1] != msg:
-                        self.errors.append(msg)
-                        if self.on_error is not None:
-                            self.on_error(msg)
+                    self._report(str(exc) if isinstance(exc, RecorderError) else f"{p}: {exc}")
                     break
             return n
+
+    def _report(self, msg: str) -> None:
+        if not self.errors or self.errors[-1] != msg:
+            self.errors.append(msg)
+            if self.on_error is not None:
+                self.on_error(msg)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="recorder-s3-publish", daemon=True)
