@@ -17,6 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
 from cpython.long cimport PyLong_AsLongLong, PyLong_Check
 from cpython.number cimport PyNumber_Index
+from libc.float cimport DBL_MAX
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
@@ -89,6 +90,8 @@ cdef Py_ssize_t _put(bytearray buf, Row* row, object levels, Py_ssize_t at) exce
     for p, q in levels:
         row.price = _d(p)
         row.amount = _d(q)
+        if not (0.0 <= row.price <= DBL_MAX and 0.0 <= row.amount <= DBL_MAX):  # NaN fails too
+            raise ValueError(f"book level ({p!r}, {q!r}): not a price and amount")
         memcpy(PyByteArray_AS_STRING(buf) + at, row, _SIZE)
         at += _SIZE
     return at

@@ -257,7 +257,8 @@ class DispatcherBase:
                 detail = f"out-of-order update seq {m.seq} <= local {s.book.seq}: dropped"
                 s.event(BOOK, ERROR, detail, recv, Cause.OUT_OF_ORDER)
             elif outcome is Outcome.MALFORMED:
-                detail = f"book message seq {m.seq} has a value no column can hold (ts {m.ts}): resync"
+                detail = (f"book message seq {m.seq} has a value no column can hold or a level no book has "
+                          f"(a negative, NaN or infinite price or amount; ts {m.ts}): resync")
                 s.event(BOOK, ERROR, detail, recv, Cause.DECODE)
             else:
                 detail = f"sequence went back to {m.seq} from {s.book.seq} (engine restart?): resync"

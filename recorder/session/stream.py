@@ -25,6 +25,7 @@ RECENT_TRADE_IDS = 10_000  # trade ids remembered per stream to drop a venue's r
 
 
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1  # int64 microseconds
+_MAX = float.fromhex("0x1.fffffffffffffp+1023")  # the largest finite double
 
 
 def now_us() -> int:
@@ -83,6 +84,10 @@ class Stream:
         for ts, tid, side, price, amount in batch.trades:
             if not _MIN_TS <= ts <= _MAX_TS:  # no timestamp column holds it: said, never a broken flush
                 self.event(TRADES, ERROR, f"trade with a time no column can hold (ts {ts}): not stored", recv, Cause.DECODE)
+                continue
+            if not (0.0 < price <= _MAX and 0.0 < amount <= _MAX):  # NaN fails too
+                self.event(TRADES, ERROR, f"trade with a price or size that is not a positive number (price "
+                           f"{price!r}, size {amount!r}, ts {ts}): not stored", recv, Cause.DECODE)
                 continue
             if tid is None:
                 key = (ts, side, price, amount)

@@ -32,6 +32,7 @@ _SIZE = _ROW.size
 _SIDES = np.frombuffer(b"bidask", dtype=np.uint8).reshape(2, 3)  # both sides are 3 bytes long
 ROW_BYTES = _SIZE + 4  # + the bytearray's spare capacity
 ROW_ERRORS = (struct.error, OverflowError, TypeError, ValueError)  # what `add` raises (adding nothing)
+_MAX = float.fromhex("0x1.fffffffffffffp+1023")  # the largest finite double
 # The levels a snapshot with no level at all is stored with: one bid at price 0 with amount 0, the
 # removal of a level no book holds. Replaying `book_updates` by the contract's rule (a snapshot group
 # resets the book) then empties the book; without a row the replay kept the levels from before.
@@ -50,8 +51,9 @@ class BookRows:
 
     def add(self, ts: int, recv: int, seq: int | None, snap: bool, bids: list, asks: list) -> None:
         """The rows of one book message: its bids, then its asks. All or nothing: a value out of
-        the columns' range (a time or sequence past 64 bits, a price that is no number) raises
-        one of ROW_ERRORS and adds no row."""
+        the columns' range (a time or sequence past 64 bits, a price that is no number) or a level
+        no book has (a price or amount that is negative, NaN or infinite) raises one of ROW_ERRORS
+        and adds no row."""
         buf, pack = self.buf, _ROW.pack
         if seq is None:
             seq = NULL_SEQ
@@ -60,9 +62,13 @@ class BookRows:
         try:
             for p, q in bids:
                 buf += pack(ts, recv, seq, flag, p, q)
+                if not (0.0 <= p <= _MAX and 0.0 <= q <= _MAX):
+                    raise ValueError(f"book level ({p!r}, {q!r}): not a price and amount")
             flag |= _ASK
             for p, q in asks:
                 buf += pack(ts, recv, seq, flag, p, q)
+                if not (0.0 <= p <= _MAX and 0.0 <= q <= _MAX):
+                    raise ValueError(f"book level ({p!r}, {q!r}): not a price and amount")
         except BaseException:
             del buf[k:]
             raise

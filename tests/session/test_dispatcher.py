@@ -98,6 +98,33 @@ def test_gap_event_and_cause():
     assert d.take_intents() == [Resync("btcusdt.ob-inc")]
 
 
+@pytest.mark.parametrize("bad", ["nan", "-1", "inf", "-0.5", "1e999"])
+def test_a_level_or_trade_no_market_has_is_an_error_never_a_row(bad):
+    """A price or amount that is NaN, infinite or negative (a broken or hostile frame) is not
+    stored: the book message is refused whole (an error event, a resync, the book waits for a
+    snapshot: nothing of it reached the rows), a trade is dropped with an error event; the rest
+    of the stream goes on."""
+    _, d, stream, t = session()
+    d.frame(RECV, frame({"btcusdt.ob-snap": {"sequence": 5, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    n = len(stream.book.rows)
+    d.frame(RECV + 1, frame({"btcusdt.ob-inc": {"sequence": 6, "bids": [["9", "3"], [bad, "1"]]}}))
+    assert len(stream.book.rows) == n and not stream.book.valid
+    assert events(stream)[-1] == (BOOK, ERROR, Cause.DECODE)
+    assert "no book has" in stream.events[-1][4]
+    assert d.take_intents() == [Resync("btcusdt.ob-inc")]
+    d.frame(RECV + 2, frame({"btcusdt.ob-inc": {"sequence": 7, "asks": [["11", bad]]}}))  # waits: not applied
+    d.frame(RECV + 3, frame({"btcusdt.ob-snap": {"sequence": 9, "bids": [["10", "1"]], "asks": [["11", "2"]]}}))
+    assert stream.book.valid and stream.book.book.bids == {10.0: 1.0} and stream.book.book.asks == {11.0: 2.0}
+    d.frame(RECV + 4, frame({"btcusdt.ob-inc": {"sequence": 10, "asks": [["11", bad]]}}))
+    assert not stream.book.valid and len(stream.book.rows) == n + 2
+    good = {"tid": 1, "taker_type": "buy", "price": "10.5", "amount": "0.1", "date": 1_767_225_600}
+    for i, trade in enumerate(({**good, "tid": 2, "price": bad}, {**good, "tid": 3, "amount": bad}, good), 5):
+        d.frame(RECV + i, frame({"btcusdt.trades": {"trades": [trade]}}))
+    assert [r[2] for r in stream.trades] == ["1"]
+    said = [r for r in stream.events if r[2] == TRADES and r[3] == ERROR]
+    assert len(said) == 2 and all("not a positive number" in r[4] and r[5] == Cause.DECODE for r in said)
+
+
 def test_trades_with_ids_are_kept_once_and_ticker_rows_route_to_derivative_ticker():
     _, d, stream, _ = session((TRADES, BOOK, TICKER))
     trade = {"tid": 7, "taker_type": "buy", "price": "10.5", "amount": "0.1", "date": 1_767_225_600}

@@ -40,9 +40,11 @@ class BackwardsIsRestart:
 POLICIES = {"strict": lambda: None, "version_chain": VersionChain, "restart": BackwardsIsRestart}
 
 # prices on a small grid so that updates hit, delete and cross existing levels; amounts with zeros
-# (deletes), -0.0 and nan; now and then an int or a value no column holds
-_price = st.sampled_from([9.0, 9.5, 10.0, 10.5, 11.0, 11.5, 12.0]) | st.just(10) | st.just(float("nan"))
-_amount = st.sampled_from([0.0, -0.0, 1.0, 2.5, 0.001]) | st.just(float("nan")) | st.just(3)
+# (deletes), -0.0, and levels no book has (nan, inf, negative); now and then an int or a value no
+# column holds
+_bad = st.sampled_from([float("nan"), float("inf"), -1.0, -0.5])
+_price = st.sampled_from([9.0, 9.5, 10.0, 10.5, 11.0, 11.5, 12.0]) | st.just(10) | _bad
+_amount = st.sampled_from([0.0, -0.0, 1.0, 2.5, 0.001]) | _bad | st.just(3)
 _level = st.tuples(_price, _amount)
 _odd = st.sampled_from([None, 2**64, -(2**63) - 1, "7", 1.5])
 _message = st.fixed_dictionaries(

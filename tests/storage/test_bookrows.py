@@ -21,7 +21,7 @@ from recorder.venues.bitmart_spot import BitmartSpot
 from recorder.venues.contract import Instrument, Resync
 
 SCHEMA = SCHEMAS["book_updates"]
-_price = st.floats(allow_nan=True, allow_infinity=True, width=64)
+_price = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False, width=64) | st.just(-0.0)  # a level
 _level = st.tuples(_price, _price)
 _message = st.tuples(
     st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999),  # ts: years 1 to 9999 (to_pylist)
@@ -88,6 +88,10 @@ def test_a_message_it_cannot_hold_adds_nothing() -> None:
     assert len(b.buf) == 41
     with pytest.raises(ROW_ERRORS):
         b.add(5, 5, 5, False, [(1.0, 1.0)], [("x", 1.0)])  # not a number: nothing of it either
+    assert len(b) == 1
+    for level in ((float("nan"), 1.0), (1.0, float("nan")), (float("inf"), 1.0), (1.0, -1.0), (-2.0, 0.0)):
+        with pytest.raises(ROW_ERRORS):  # a level no book has: nothing of the message
+            b.add(5, 5, 5, False, [(1.0, 1.0)], [level])
     assert len(b) == 1
 
 
