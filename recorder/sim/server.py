@@ -641,13 +641,16 @@ class SimServer(abc.ABC):
 
     # ---- WebSocket ------------------------------------------------------------------------------
 
-    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         # autoping=False: protocol PINGs are answered here, so they count as client traffic and go
         # silent when the server is "dead".
         ws = web.WebSocketResponse(
             autoping=False, compress=self.ws_compress, timeout=2.0, max_msg_size=self.ws_max_message
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the client left during the handshake (its own timeout, say): no one to serve
+            return web.Response()  # whose write meets the closed transport too, which aiohttp takes quietly
         conn = SimConnection(
             next(self._ids), ws, request, opened_at=time.monotonic(), last_rx=time.monotonic()
         )

@@ -319,3 +319,30 @@ def test_importing_the_market_loads_no_server() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_client_that_leaves_during_the_handshake_is_no_error(make_toy, caplog) -> None:
+    """A client that sends its upgrade request and hangs up before the answer (its own connect
+    timeout, say: a recorder under valgrind did) used to make aiohttp log "Error handling request"
+    with a traceback from the simulator's handler. Nothing is logged, and the server serves on."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    sim = await make_toy(rate=50)
+    url = urlsplit(sim.ws_url)
+    request = (
+        f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    for _ in range(20):  # request and FIN in one go: the server reads both before it answers
+        s = socket.create_connection((url.hostname, url.port), timeout=5)
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        s.close()
+    await asyncio.sleep(0.5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    async with connect(sim) as ws:  # and it still serves
+        assert (await texts(ws))[0] == {"ok": []}
