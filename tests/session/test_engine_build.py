@@ -104,6 +104,24 @@ def test_the_c_build_does_what_book_py_does(policy, messages) -> None:
     assert compiled == pure
 
 
+_key = st.floats(-1e6, 1e6, width=64) | st.integers(-5, 5) | st.just(float("nan"))
+
+
+@needs_build
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_key, st.floats(0, 10)), max_size=60), st.lists(st.tuples(_key, st.floats(0, 10)), max_size=60),
+       st.integers(-1, 70))
+def test_the_c_top_of_book_is_heapqs(bids, asks, n) -> None:
+    """`OrderBook.top` of the C build (one pass on C doubles) gives heapq's answer, the Python
+    build's: same items, same order, for any sizes, insertion orders, int keys and NaN keys."""
+    books = [cls() for cls in (book.PureOrderBook, book.OrderBook)]
+    for b in books:
+        b.bids.update(bids)
+        b.asks.update(asks)
+    pure, compiled = (b.top(n) for b in books)
+    assert repr(compiled) == repr(pure)
+
+
 _record = st.tuples(
     st.integers(0, 2**62),
     st.binary(max_size=300) | st.text(max_size=40) | st.binary(max_size=20).map(bytearray),
