@@ -104,6 +104,16 @@ class Stream:
                 fn(self, accepted)
 
     def on_ticker(self, m: DerivativeTicker, recv: int) -> None:
+        prices = (m.last_price, m.mark_price, m.index_price, m.open_interest)
+        rates = (m.funding_rate, m.next_funding_rate)  # may be negative
+        if not all(x is None or 0.0 <= x <= _MAX for x in prices) or not all(
+            x is None or -_MAX <= x <= _MAX for x in rates
+        ):
+            self.event(m.channel, ERROR, f"{m.channel} push with a price, open interest or rate that is negative, "
+                       f"NaN or infinite (last {m.last_price!r}, mark {m.mark_price!r}, index {m.index_price!r}, funding "
+                       f"{m.funding_rate!r}, next {m.next_funding_rate!r}, open interest {m.open_interest!r}): "
+                       "not stored", recv, Cause.DECODE)
+            return
         if self._ticker is None:
             self._ticker = self.sink.buffer("derivative_ticker", self.exchange, self.user)
         self._ticker.append(

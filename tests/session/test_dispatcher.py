@@ -125,6 +125,16 @@ def test_a_level_or_trade_no_market_has_is_an_error_never_a_row(bad):
     assert len(said) == 2 and all("not a positive number" in r[4] and r[5] == Cause.DECODE for r in said)
 
 
+@pytest.mark.parametrize("bad", ["nan", "-1", "inf"])
+def test_a_ticker_value_no_market_has_is_an_error_never_a_row(bad):
+    _, d, stream, _ = session((TRADES, BOOK, TICKER))
+    d.frame(RECV, frame({"btcusdt.tickers": {"mark": "10.25"}}))
+    d.frame(RECV + 1, frame({"btcusdt.tickers": {"mark": bad}}))
+    d.frame(RECV + 2, frame({"btcusdt.tickers": {"mark": "10.5"}}))
+    assert [r[3] for r in stream.buffers[-1]] == [10.25, 10.5]
+    assert events(stream)[-1] == (TICKER, ERROR, Cause.DECODE) and "NaN or infinite" in stream.events[-1][4]
+
+
 def test_trades_with_ids_are_kept_once_and_ticker_rows_route_to_derivative_ticker():
     _, d, stream, _ = session((TRADES, BOOK, TICKER))
     trade = {"tid": 7, "taker_type": "buy", "price": "10.5", "amount": "0.1", "date": 1_767_225_600}
