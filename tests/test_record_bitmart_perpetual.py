@@ -187,6 +187,51 @@ async def test_book_exact_and_every_trade_once_through_gaps_empty_pushes_and_rec
     assert snaps and all(b < a and nb == na == 20 for b, a, nb, na in snaps)
 
 
+async def test_a_trading_contract_with_no_order_is_stored_as_an_empty_book(tmp_path):
+    """The quiet contract (listed `Trading`, no order: one empty snapshot at version 3, then nothing
+    on its book, no trade; protocols/bitmart.md §4.2) over real sockets, next to a busy one: its
+    book is valid from that snapshot and stays so, `book_updates` holds the one empty-snapshot row
+    (which rebuilds an empty book), every `book_snapshots` row is empty, no error or gap, and it
+    costs the connection nothing (no reconnect)."""
+    from recorder.sim.frontends.bitmart_perpetual import QUIET_VERSION
+
+    sim = BitmartPerpSim(symbols=["BTCUSDT", "QUIETUSDT"], seed=3, rate=300.0, heartbeat_interval=0.3,
+                         full_book_interval=0.3, funding_interval=0.5)  # fmt: skip
+    await sim.start(host="127.0.0.1", port=0)
+    try:
+        c = Collector(EX, ["BTC-USDT", "QUIET-USDT"], options(tmp_path, sim, snapshot_interval=0.2))
+        task = await start(c)
+        await wait_for(lambda: books_valid(c), 10, "both snapshots")
+        quiet = c.streams["QUIET-USDT"].book
+        assert quiet.seq == QUIET_VERSION and not quiet.book.bids and not quiet.book.asks
+        await record_trades(sim, 100, symbols={"BTC-USDT": "BTCUSDT"})  # the heartbeats went by too
+        assert quiet.valid and quiet.seq == QUIET_VERSION and quiet.snapshots == 1
+        sim.pause()
+        quiet_books(sim)
+        await finish(c, sim, task)
+        assert sum(x.reconnects for x in c.connections) == 0
+    finally:
+        await sim.stop()
+    con = connect(tmp_path)
+    rows = con.execute(
+        "select is_snapshot, seq, side, price, amount from book_updates where symbol = 'QUIET-USDT'"
+    ).fetchall()
+    assert rows == [(True, QUIET_VERSION, "bid", 0.0, 0.0)]
+    rebuilt = rebuild_book(tmp_path, EX, "QUIET-USDT")
+    assert rebuilt.seq == QUIET_VERSION and rebuilt.bids == {} and rebuilt.asks == {}
+    snaps = con.execute("select seq, len(bids), len(asks) from book_snapshots where symbol = 'QUIET-USDT'").fetchall()
+    assert len(snaps) >= 3 and set(snaps) == {(QUIET_VERSION, 0, 0)}
+    assert con.execute("select count(*) from trades where symbol = 'QUIET-USDT'").fetchone() == (0,)
+    bad = con.execute(
+        "select channel, event, detail from events where symbol = 'QUIET-USDT' and event in ('error', 'gap', 'disconnect')"
+    ).fetchall()
+    assert bad == []
+    [(start_event, end_cause)] = con.execute(
+        "select start_event, end_cause from coverage where symbol = 'QUIET-USDT' and channel = 'book'"
+    ).fetchall()
+    assert (start_event, end_cause) == ("resync", "process stop")  # valid from its snapshot to the stop
+
+
 async def test_derivative_ticker_rows_are_what_the_simulator_served(tmp_path, perp):
     sim = perp
     c = Collector(EX, list(PERP), options(tmp_path, sim))

@@ -67,7 +67,7 @@ class SymbolSpec:
     size_decimals: int
     start_price: str
     typical_size: str  # median resting order size, base units
-    status: str = "trading"  # "trading" | "pre-trade": pre-trade symbols are listed but never trade
+    status: str = "trading"  # "trading", or anything else ("pre-trade", ...): no book seeded, never trades
     kind: str = "spot"  # "spot" | "perpetual"
     contract_size: str | None = None  # perpetuals: base units per contract (= the lot)
 

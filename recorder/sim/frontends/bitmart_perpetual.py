@@ -99,6 +99,16 @@ _PINGED = "pinged"
 _TAPES = "tapes"  # conn.state key: the depth tape cursors started on it (for `tape_stats`)
 
 
+# A contract that is `Trading` but has no order (protocols/bitmart.md §4.2, observed): subscribing
+# its depthIncrease stream gives one empty snapshot at version 3, and then nothing; it never trades.
+# The market treats its status like pre-trade (no book seeded, never stepped); this front-end lists
+# it as Trading and serves it.
+QUIET = "quiet"
+QUIET_VERSION = 3
+OPEN = ("trading", QUIET)  # the statuses listed as `Trading`
+QUIET_SPEC = SymbolSpec("QUIET-USDT", "QUIET", "USDT", 4, 0, "1.0000", "10", status=QUIET)
+
+
 def _topic_channel(topic: str) -> tuple[str, str | None, str]:
     """`channel:SYMBOL[@speed]` -> (channel, wire or None, speed). Not validated."""
     channel, sep, rest = topic.partition(":")
@@ -222,6 +232,9 @@ class BitmartPerpSim(SimServer):
         self._rng = rng
         self._wire_of = {name: wire for wire, name in self.listed.items()}
         self._version = {name: rng.randint(1_000_000, 9_000_000) for name in self.market.symbols}
+        for name in self.market.symbols:
+            if self.market.spec(name).status == QUIET:
+                self._version[name] = QUIET_VERSION  # as observed: one empty snapshot at version 3
         self._next_trade_id = TRADE_ID_BASE + rng.randint(0, 10**12)
         self._books: dict[str, _Book] = {}
         self._windows: dict[
@@ -251,11 +264,18 @@ class BitmartPerpSim(SimServer):
         self, symbols: Sequence[str | SymbolSpec] | int | None, seed: int, include_pre_trade: bool
     ) -> list[SymbolSpec]:
         """Perpetuals whose contract size is the lot, so every size is a whole number of contracts.
-        The default catalogue is the USDT-quoted part of the spot one (plus the pre-trade symbol)."""
+        The default catalogue is the USDT-quoted part of the spot one, plus the pre-trade symbol and
+        `QUIET_SPEC` (a `Trading` contract with no order, §4.2); `QUIET-USDT` by name is that one."""
         if symbols is None:
-            symbols = [s for s in DEFAULT_SPECS if s.quote == "USDT"]
+            symbols = [*(s for s in DEFAULT_SPECS if s.quote == "USDT"), QUIET_SPEC]
+        elif not isinstance(symbols, int):
+            symbols = [QUIET_SPEC if self.neutral(s) == QUIET_SPEC.name else s for s in symbols]
         specs = super().resolve_symbols(symbols, seed, include_pre_trade)
         return [replace(s, kind="perpetual", contract_size=s.lot) for s in specs]
+
+    def open(self, symbol: str) -> bool:
+        """Listed as `Trading`: a trading market, or the quiet contract (open, with no order)."""
+        return self.market.spec(symbol).status in OPEN
 
     def book_topic(self, wire: str) -> str:
         return f"{RECORDER_BOOK}:{wire}{RECORDER_SPEED}"
@@ -532,7 +552,7 @@ class BitmartPerpSim(SimServer):
         if wire is None:
             return "" if channel == TICKER else None
         symbol = self.listed.get(wire)
-        if symbol is None or self.market.spec(symbol).status != "trading":
+        if symbol is None or not self.open(symbol):
             return None  # delisted symbols get the same answer as unknown ones
         return symbol
 
@@ -624,7 +644,7 @@ class BitmartPerpSim(SimServer):
         """An empty depthIncrease update, advancing the version, for books quiet for a while."""
         for symbol in list(self._active):
             topics = self._live_increase_topics(symbol)
-            if not topics:
+            if not topics or self.market.spec(symbol).status == QUIET:  # its snapshot, "and then nothing"
                 continue
             if (
                 now - max(self.last_change.get(symbol, 0.0), self._last_beat.get(symbol, 0.0))
@@ -853,7 +873,7 @@ class BitmartPerpSim(SimServer):
 
     def _details(self, spec: SymbolSpec, now: int) -> dict[str, Any]:
         symbol = spec.name
-        trading = spec.status == "trading"
+        trading = spec.status in OPEN
         deriv = self.market.derivatives(symbol, now)
         stats = self.market.stats_24h(symbol, now)
         oi = deriv.open_interest
