@@ -340,7 +340,7 @@ class RecorderCollector(PromCollector):
                             "the sweep; a file refused for good is set aside)", [])
             perr.add_metric([], shipper.failures)
             refused = _gauge("recorder_publish_refused_files", "files the object store refused for good (their "
-                             "key holds other content): kept in the spool, not tried again by this process", [])
+                             "key holds other content, or a damaged file): kept in the spool, tried again once a minute", [])
             refused.add_metric([], len(shipper.refused))
             yield from (pub, pbytes, perr, refused)
             if self.w.last_publish is not None:

@@ -377,7 +377,7 @@ async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(t
     """A spool file whose key already holds other content (or a damaged Parquet file) used to stop
     every sweep at itself, holding back every file sorted after it. Now it is set aside: the later
     file is published, the refused ones stay in the spool and are not tried again, each is reported
-    once, and /healthz and `recorder_publish_refused_files` say so."""
+    once, and /healthz and `recorder_publish_refused_files` say so until a retry publishes it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -418,5 +418,15 @@ async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(t
         assert status == 503
         assert any("2 file(s) refused" in w and "a.parquet" in w for w in body["why"]), body
         assert value(await scrape(port), "recorder_publish_refused_files") == 2
+        # the operator removes the other object and the damaged file: the next retry publishes, and
+        # /healthz is 200 again without a restart
+        shipper.retry_refused = 0.0
+        assert shipper.sweep() == 0 and len(said) == 2, "a retry refused again is not said again"
+        client.delete_object(Bucket=BUCKET, Key=f"lake/book_updates/{part}/a.parquet")
+        damaged.unlink()
+        assert shipper.sweep() == 1 and not taken.exists() and shipper.refused == {}
+        status, body = await healthz(port)
+        assert status == 200, body
+        assert value(await scrape(port), "recorder_publish_refused_files") == 0
     finally:
         await exporter.stop()

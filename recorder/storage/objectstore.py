@@ -322,8 +322,8 @@ class Shipper:
     verify) stops the sweep: every later file would meet it too; they all stay for the next sweep.
     A file the store refuses for good (`ObjectExists`: its key holds other content), or a damaged
     Parquet file (`Unreadable`), is set aside in `refused` and the sweep goes on, so one such file
-    does not hold back the rest; it stays in the spool, is not tried again by this process (a later
-    `recorder run` does), and /healthz names it.
+    does not hold back the rest; it stays in the spool, is tried again every `retry_refused` seconds
+    (an operator may have removed the other object), and /healthz names it until it goes up.
     """
 
     def __init__(
@@ -342,6 +342,8 @@ class Shipper:
         self.failures = 0  # failed sweeps (every one, not only new messages)
         self.failing_since: float | None = None  # monotonic time of the first failure since a success
         self.refused: dict[Path, str] = {}  # files the store refused for good (kept in the spool): why
+        self.retry_refused = 60.0  # seconds before a refused file is tried again
+        self._refused_at: dict[Path, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -357,8 +359,11 @@ class Shipper:
             held = {p.resolve() for p in self.open_logs()}
             me = run_id()
             n = 0
+            now = time.monotonic()
+            for gone in set(self.refused).difference(files):  # removed from the spool meanwhile
+                del self.refused[gone], self._refused_at[gone]
             for p in files:
-                if p in self.refused:
+                if p in self.refused and now - self._refused_at[p] < self.retry_refused:
                     continue
                 if p.name.endswith(".rawlog.zst"):
                     run = run_of(p.name)
@@ -376,12 +381,15 @@ class Shipper:
                     self.publisher.publish(p)
                     n += 1
                     self.failing_since = None
+                    if self.refused.pop(p, None) is not None:
+                        del self._refused_at[p]
                 except FileNotFoundError:
                     continue
                 except (ObjectExists, Unreadable) as exc:  # this file only: the rest go on
                     self.failures += 1
-                    self.refused[p] = str(exc)
-                    self._report(str(exc))
+                    if p not in self.refused:  # said once, not at every retry
+                        self._report(str(exc))
+                    self.refused[p], self._refused_at[p] = str(exc), now
                 except (RecorderError, OSError) as exc:  # the store: the rest would fail too
                     self.failures += 1
                     if self.failing_since is None:
