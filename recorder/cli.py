@@ -303,7 +303,7 @@ def replay(
                 refuse_remote(data_dir)  # before any download
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recorder-replay-")))
                 local = [fetch_raw(url, tmp) if (url := parse_s3(p)) else p for p in raw]
-            with Progress(console=err, transient=True, disable=console.json_logs()) as bar:
+            with Progress(console=err, transient=True, disable=console.json_logs() or not err.is_terminal) as bar:
                 task = bar.add_task("replaying", total=None)
                 res = replay_logs(
                     local, data_dir, progress=lambda n, total: bar.update(task, completed=n, total=total)

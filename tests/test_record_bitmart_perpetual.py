@@ -403,4 +403,5 @@ async def test_sigkill_recovery_and_replay_rederive_every_perp_table(tmp_path, p
     assert crashes.fetchone()[0] == len(runs) - 1
     rc, err = await run_cli("replay", str(data / "raw"), "--data-dir", str(data))  # nothing left to add
     assert rc == 0, err
+    assert err.strip() and all(line.strip() for line in err.splitlines()), err  # no progress residue on a pipe
     assert tables(data) == live

@@ -164,11 +164,12 @@ async def resolve_instrument(session: aiohttp.ClientSession, exchange: str, rest
 
 @contextlib.contextmanager
 def _bar(enabled: bool, total: int) -> Iterator[Progress | None]:
-    if not enabled:
+    err = Console(stderr=True)
+    if not enabled or not err.is_terminal:  # a log or a pipe gets the summary line, not a bar
         yield None
         return
     columns = [TextColumn("klines"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with Progress(*columns, console=err, transient=False) as bar:
         bar.add_task("klines", total=total)
         yield bar
 
