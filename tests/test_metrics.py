@@ -430,3 +430,16 @@ async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(t
         assert value(await scrape(port), "recorder_publish_refused_files") == 0
     finally:
         await exporter.stop()
+    # a damaged position stub (the spool's record of how far a run's published files went) holds back
+    # that run's files in its directory, and the message names the stub, not the data file
+    from recorder.storage.checkpoint import sources_metadata
+    from recorder.storage.objectstore import stub_path
+
+    run = "host_1_abcdef12"
+    mine = spool / "trades" / part / f"20240101T000000.000000-{run}-0a0b0c0d0e0f.parquet"
+    table = pa.table({"x": [4]})
+    pq.write_table(table.replace_schema_metadata(sources_metadata([{"run": run, "conn": 0, "part": 0,
+                                                                    "records": 9}])), mine)  # fmt: skip
+    stub_path(mine.parent, run).write_bytes(b"damaged")
+    assert shipper.sweep() == 0 and mine.exists()
+    assert "keeps the positions" in shipper.refused[mine] and ".published-" in shipper.refused[mine]

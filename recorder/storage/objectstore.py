@@ -271,13 +271,20 @@ def remember(path: Path) -> None:
     from recorder.storage.checkpoint import SOURCES_KEY, merge_sources, read_sources, sources_metadata
     from recorder.storage.layout import run_of, temp_path
 
-    sources = read_sources(path)
+    def footer(p: Path, what: str) -> list[dict]:
+        try:
+            return read_sources(p)
+        except ValueError as exc:  # pyarrow's ArrowInvalid: a damaged file
+            raise Unreadable(f"{p}: not a readable Parquet file ({exc}); {what}") from None
+
+    sources = footer(path, "kept in the spool, not published")
     run = run_of(path.name)
     if not sources or run is None:
         return
     stub = stub_path(path.parent, run)
-    if stub.exists():
-        sources = merge_sources([read_sources(stub), sources])
+    if stub.exists():  # ours, and damaged: the positions it kept are unknown, so nothing of its run goes up
+        old = footer(stub, f"it keeps the positions {run}'s published files reached, so {path.name} stays in the spool")
+        sources = merge_sources([old, sources])
     schema = pq.read_schema(path)
     meta = dict(schema.metadata or {})
     meta[SOURCES_KEY.encode()] = sources_metadata(sources)[SOURCES_KEY].encode()
@@ -373,11 +380,7 @@ class Shipper:
                         continue
                 try:
                     if p.name.endswith(".parquet"):
-                        try:
-                            remember(p)
-                        except ValueError as exc:  # pyarrow's ArrowInvalid: a damaged file
-                            raise Unreadable(f"{p}: not a readable Parquet file ({exc}); kept in the spool, "
-                                             "not published") from None
+                        remember(p)  # Unreadable for a damaged file (or position stub)
                     self.publisher.publish(p)
                     n += 1
                     self.failing_since = None
