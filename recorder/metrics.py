@@ -176,10 +176,11 @@ class Watcher:
             why = sh.errors[-1] if sh.errors else "failed"
             out.append(f"publishing to {sh.publisher.url} failing for {now - sh.failing_since:.0f} s "
                        f"(files wait in the spool {sh.spool}): {why}")
-        if sh is not None and sh.refused:
-            first = next(iter(sh.refused.values()))
-            more = f" and {len(sh.refused) - 1} more" if len(sh.refused) > 1 else ""
-            out.append(f"{len(sh.refused)} file(s) refused by {sh.publisher.url}, kept in the spool {sh.spool}: "
+        refused = list(sh.refused.values()) if sh is not None else []  # one C call: the shipper's thread writes it
+        if refused:
+            first, _ = refused[0]
+            more = f" and {len(refused) - 1} more" if len(refused) > 1 else ""
+            out.append(f"{len(refused)} file(s) refused by {sh.publisher.url}, kept in the spool {sh.spool}: "
                        f"{first}{more}")
         for c in self.collectors:
             if not c.connections:

@@ -401,8 +401,8 @@ async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(t
     assert f"lake/trades/{part}/c.parquet" in _objects(client) and not later.exists()
     assert taken.exists() and damaged.exists(), "nothing refused leaves the spool"
     assert set(shipper.refused) == {taken, damaged}
-    assert "already exists with different content" in shipper.refused[taken]
-    assert "not a readable Parquet file" in shipper.refused[damaged]
+    assert "already exists with different content" in shipper.refused[taken][0]
+    assert "not a readable Parquet file" in shipper.refused[damaged][0]
     assert len(said) == 2 and all("\n" not in s for s in said)
     log.clear()
     assert shipper.sweep() == 0
@@ -442,4 +442,4 @@ async def test_a_file_the_bucket_refuses_is_set_aside_and_the_rest_still_go_up(t
                                                                     "records": 9}])), mine)  # fmt: skip
     stub_path(mine.parent, run).write_bytes(b"damaged")
     assert shipper.sweep() == 0 and mine.exists()
-    assert "keeps the positions" in shipper.refused[mine] and ".published-" in shipper.refused[mine]
+    assert "keeps the positions" in shipper.refused[mine][0] and ".published-" in shipper.refused[mine][0]

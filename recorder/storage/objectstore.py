@@ -348,9 +348,9 @@ class Shipper:
         self.errors: list[str] = []  # distinct messages, in order (each reported once)
         self.failures = 0  # failed sweeps (every one, not only new messages)
         self.failing_since: float | None = None  # monotonic time of the first failure since a success
-        self.refused: dict[Path, str] = {}  # files the store refused for good (kept in the spool): why
+        # files set aside (the store refused them for good, or damaged): why, and when (monotonic)
+        self.refused: dict[Path, tuple[str, float]] = {}
         self.retry_refused = 60.0  # seconds before a refused file is tried again
-        self._refused_at: dict[Path, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -368,9 +368,9 @@ class Shipper:
             n = 0
             now = time.monotonic()
             for gone in set(self.refused).difference(files):  # removed from the spool meanwhile
-                del self.refused[gone], self._refused_at[gone]
+                del self.refused[gone]
             for p in files:
-                if p in self.refused and now - self._refused_at[p] < self.retry_refused:
+                if p in self.refused and now - self.refused[p][1] < self.retry_refused:
                     continue
                 if p.name.endswith(".rawlog.zst"):
                     run = run_of(p.name)
@@ -384,15 +384,14 @@ class Shipper:
                     self.publisher.publish(p)
                     n += 1
                     self.failing_since = None
-                    if self.refused.pop(p, None) is not None:
-                        del self._refused_at[p]
+                    self.refused.pop(p, None)
                 except FileNotFoundError:
                     continue
                 except (ObjectExists, Unreadable) as exc:  # this file only: the rest go on
                     self.failures += 1
                     if p not in self.refused:  # said once, not at every retry
                         self._report(str(exc))
-                    self.refused[p], self._refused_at[p] = str(exc), now
+                    self.refused[p] = (str(exc), now)
                 except (RecorderError, OSError) as exc:  # the store: the rest would fail too
                     self.failures += 1
                     if self.failing_since is None:
