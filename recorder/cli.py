@@ -284,9 +284,9 @@ def replay(
 
     def go() -> None:
         import contextlib
-        import tempfile
 
         from recorder.app import console
+        from recorder.storage.layout import work_dir
         from recorder.storage.objectstore import parse_s3
 
         console.configure(log_format)
@@ -301,7 +301,7 @@ def replay(
                 from recorder.storage.remote import fetch_raw
 
                 refuse_remote(data_dir)  # before any download
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recorder-replay-")))
+                tmp = Path(stack.enter_context(work_dir("replay")))
                 local = [fetch_raw(url, tmp) if (url := parse_s3(p)) else p for p in raw]
             with Progress(console=err, transient=True, disable=console.json_logs() or not err.is_terminal) as bar:
                 task = bar.add_task("replaying", total=None)

@@ -5,6 +5,7 @@ leaves for readers."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import threading
@@ -231,7 +232,7 @@ class Hold(logging.Handler):
     ids=["after-the-marker", "after-publishing", "after-deleting"],
 )
 def test_compact_sigkilled_mid_replacement_leaves_readers_right_and_the_next_run_finishes(
-    lake, s3, method, path
+    lake, s3, method, path, tmp_path
 ):
     """A real `recorder compact` process SIGKILLed right after the server stored its marker, its
     merged object (before the inputs are deleted: both are in the bucket), or the deletion of the
@@ -246,10 +247,13 @@ def test_compact_sigkilled_mid_replacement_leaves_readers_right_and_the_next_run
     hold = Hold(method, path)
     wz = logging.getLogger("werkzeug")
     wz.addHandler(hold)
+    temp = tmp_path / "tmp"  # the processes' temp dir: what the killed one leaves there is seen
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
     try:
         proc = subprocess.Popen(
             [RECORDER, "compact", "--data-dir", url, "--include-today", "--table", "trades"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         try:
             assert hold.hit.wait(60), "the compaction reached the step"
@@ -270,9 +274,12 @@ def test_compact_sigkilled_mid_replacement_leaves_readers_right_and_the_next_run
             and len(_parquet(c, "trades")) == len(base_trades) + 1
         )
     assert _rows(url) == want, "no row twice, none missing"
+    assert [d.name.split("-")[1] for d in temp.iterdir()] == ["compact"], "the killed one's work dir"
 
-    p = _rec("compact", "--data-dir", url, "--include-today", "--table", "trades")
+    p = subprocess.run([RECORDER, "compact", "--data-dir", url, "--include-today", "--table", "trades"],
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert p.returncode == 0, p.stderr
+    assert not list(temp.iterdir()), "the next compact removed the dead one's work dir, and its own"
     assert not _objects(c, "lake/.markers/")
     assert set(_partitions(_parquet(c, "trades")).values()) == {1}
     assert _rows(url) == want

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import duckdb
@@ -17,6 +16,7 @@ from recorder.errors import RecorderError
 from recorder.lake import check_data_dir
 from recorder.query import open_views
 from recorder.sqlguard import lock_down, vet
+from recorder.storage.layout import work_dir
 from recorder.storage.objectstore import parse_s3
 
 
@@ -26,7 +26,7 @@ def run_sql(query: str, data_dir: Path, fmt: str, max_rows: int, write: bool = F
     if url is None:
         data_dir = Path(os.path.abspath(check_data_dir(data_dir)))  # views and allowed paths agree
     targets = vet(query, data_dir, write)  # refused statements never reach DuckDB
-    with tempfile.TemporaryDirectory(prefix="recorder-sql-") as spill:
+    with work_dir("sql") as spill:
         con, _ = open_views(url or data_dir)
         try:
             lock_down(con, url or data_dir, targets, Path(spill))

@@ -8,7 +8,9 @@ time, and let crash recovery find what a dead run published.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +27,33 @@ def run_id() -> str:
     if _RUN is None or _RUN[0] != os.getpid():
         _RUN = (os.getpid(), f"{_HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     return _RUN[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one of another user counts; a pid may be reused,
+    so "alive" is the safe answer to any doubt)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+WORK_PREFIX = "recorder-"
+
+
+def work_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temp dir for `kind`'s work (`recorder-<kind>-<pid>-...`), gone when the `with` ends. A
+    process killed inside one (SIGKILL, OOM) cannot remove it: each new one first removes those of
+    processes that are gone (a compaction's can hold a day's partition)."""
+    root = Path(tempfile.gettempdir())
+    for d in root.glob(f"{WORK_PREFIX}*-*-*"):
+        pid = d.name.removeprefix(WORK_PREFIX).split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{kind}-{os.getpid()}-")
 
 
 def run_of(name: str) -> str | None:

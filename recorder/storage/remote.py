@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -39,7 +38,7 @@ import orjson
 
 from recorder.errors import RecorderError
 from recorder.lake import MARKERS_DIR, PARTITION_KEYS, Skipped, marker_hidden, partition_problem
-from recorder.storage.layout import run_id
+from recorder.storage.layout import pid_alive, run_id, work_dir
 from recorder.storage.objectstore import Publisher, S3Url, _error_line, check_bucket
 from recorder.storage.rawlog import SUFFIX
 
@@ -268,13 +267,7 @@ def _dead_here(marker: str) -> bool:
     host, _, rest = run.rpartition("_")[0].rpartition("_")
     if host != _HOST or not rest.isdigit() or run == run_id():
         return False
-    try:
-        os.kill(int(rest), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return not pid_alive(int(rest))
 
 
 def settle_markers(bucket: Bucket, stale: float = STALE_MARKER) -> tuple[int, set[str]]:
@@ -378,7 +371,7 @@ def compact_bucket(
                 continue
             if len(files) <= 1 or any(f.rel in busy for f in files):
                 continue
-            with tempfile.TemporaryDirectory(prefix="recorder-compact-") as tmp:
+            with work_dir("compact") as tmp:
                 rep, rows = merge_partition(bucket, Path(tmp), table, part, files, res.skipped)
                 if rep is None:
                     continue
@@ -455,7 +448,7 @@ def build_candles_bucket(
     bucket = Bucket(url, endpoint)
     bucket.require_data()
     settle_markers(bucket)
-    with tempfile.TemporaryDirectory(prefix="recorder-candles-") as tmp:
+    with work_dir("candles") as tmp:
         root = Path(tmp)
         mirror(bucket, root, ["trades", "events"], exchange, symbol)
         before = mirror(bucket, root, ["candles"], exchange, symbol)
