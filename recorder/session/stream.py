@@ -18,6 +18,7 @@ from recorder.model import (
     TradeBatch,
 )
 from recorder.session.book import BookSync
+from recorder.storage.bookrows import MAX_FINITE
 from recorder.storage.sink import ParquetSink
 from recorder.venues.contract import Instrument, SequencePolicy
 
@@ -25,7 +26,6 @@ RECENT_TRADE_IDS = 10_000  # trade ids remembered per stream to drop a venue's r
 
 
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1  # int64 microseconds
-_MAX = float.fromhex("0x1.fffffffffffffp+1023")  # the largest finite double
 
 
 def now_us() -> int:
@@ -85,7 +85,7 @@ class Stream:
             if not _MIN_TS <= ts <= _MAX_TS:  # no timestamp column holds it: said, never a broken flush
                 self.event(TRADES, ERROR, f"trade with a time no column can hold (ts {ts}): not stored", recv, Cause.DECODE)
                 continue
-            if not (0.0 < price <= _MAX and 0.0 < amount <= _MAX):  # NaN fails too
+            if not (0.0 < price <= MAX_FINITE and 0.0 < amount <= MAX_FINITE):  # NaN fails too
                 self.event(TRADES, ERROR, f"trade with a price or size that is not a positive number (price "
                            f"{price!r}, size {amount!r}, ts {ts}): not stored", recv, Cause.DECODE)
                 continue
@@ -106,8 +106,8 @@ class Stream:
     def on_ticker(self, m: DerivativeTicker, recv: int) -> None:
         prices = (m.last_price, m.mark_price, m.index_price, m.open_interest)
         rates = (m.funding_rate, m.next_funding_rate)  # may be negative
-        if not all(x is None or 0.0 <= x <= _MAX for x in prices) or not all(
-            x is None or -_MAX <= x <= _MAX for x in rates
+        if not all(x is None or 0.0 <= x <= MAX_FINITE for x in prices) or not all(
+            x is None or -MAX_FINITE <= x <= MAX_FINITE for x in rates
         ):
             self.event(m.channel, ERROR, f"{m.channel} push with a price, open interest or rate that is negative, "
                        f"NaN or infinite (last {m.last_price!r}, mark {m.mark_price!r}, index {m.index_price!r}, funding "

@@ -13,6 +13,7 @@ back in front after a failed write) and `b[:] = rows` (replay's filter).
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -32,7 +33,7 @@ _SIZE = _ROW.size
 _SIDES = np.frombuffer(b"bidask", dtype=np.uint8).reshape(2, 3)  # both sides are 3 bytes long
 ROW_BYTES = _SIZE + 4  # + the bytearray's spare capacity
 ROW_ERRORS = (struct.error, OverflowError, TypeError, ValueError)  # what `add` raises (adding nothing)
-_MAX = float.fromhex("0x1.fffffffffffffp+1023")  # the largest finite double
+MAX_FINITE = sys.float_info.max  # a number past it is infinite (NaN compares with nothing)
 # The levels a snapshot with no level at all is stored with: one bid at price 0 with amount 0, the
 # removal of a level no book holds. Replaying `book_updates` by the contract's rule (a snapshot group
 # resets the book) then empties the book; without a row the replay kept the levels from before.
@@ -62,12 +63,12 @@ class BookRows:
         try:
             for p, q in bids:
                 buf += pack(ts, recv, seq, flag, p, q)
-                if not (0.0 <= p <= _MAX and 0.0 <= q <= _MAX):
+                if not (0.0 <= p <= MAX_FINITE and 0.0 <= q <= MAX_FINITE):
                     raise ValueError(f"book level ({p!r}, {q!r}): not a price and amount")
             flag |= _ASK
             for p, q in asks:
                 buf += pack(ts, recv, seq, flag, p, q)
-                if not (0.0 <= p <= _MAX and 0.0 <= q <= _MAX):
+                if not (0.0 <= p <= MAX_FINITE and 0.0 <= q <= MAX_FINITE):
                     raise ValueError(f"book level ({p!r}, {q!r}): not a price and amount")
         except BaseException:
             del buf[k:]
