@@ -42,7 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Periodic = Callable[[float], None]  # called with time.monotonic()
 
 # Kinds of queued items.
-BIN, TEXT, PONG, PING, CLOSE = range(5)
+BIN, TEXT, PONG, PING, CLOSE, OVERSIZED = range(6)
 _Item = tuple[int, Any, Sequence[Trade] | None]
 
 # A client this far behind is dropped, as a real server would rather than buffer without bound.
@@ -77,6 +77,10 @@ class SimConnection:
     opened_at: float
     topics: set[str] = field(default_factory=set)
     sent_trades: dict[str, list[Trade]] = field(default_factory=dict)  # wire id -> trades written
+    # Trades written behind an oversized frame: the client's reader stops at that frame (it closes the
+    # socket), so what follows is lost in flight, as on the real venue; not `sent_trades`.
+    unread_trades: dict[str, list[Trade]] = field(default_factory=dict)
+    unreadable: bool = False  # an oversized frame went out on it
     frames_sent: int = 0
     bytes_sent: int = 0
     closed: bool = False
@@ -619,7 +623,8 @@ class SimServer(abc.ABC):
     def send_oversized_frame(self, size: int = 8 * 1024 * 1024) -> int:
         """A frame of about `size` bytes on the wire. Returns its size."""
         frame = self.oversized_frame(size)
-        self.broadcast(frame)
+        for conn in self.open_connections:
+            conn.push(OVERSIZED, frame)
         return len(frame)
 
     def fail_next_subscribe(self, count: int = 1) -> None:
@@ -749,6 +754,10 @@ class SimServer(abc.ABC):
                 await ws.send_str(payload)
                 if trades:
                     self._log_trades(conn, trades)
+            elif kind == OVERSIZED:
+                conn.unreadable = True  # before the write: a client may close as soon as it reads it
+                await (ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_str(payload))
+                conn.bytes_sent += len(payload)
             elif kind == PONG:
                 await ws.pong(payload)
             elif kind == PING:
@@ -765,9 +774,10 @@ class SimServer(abc.ABC):
         if not self.record_sent:
             return
         wire = self.wire(trades[0].symbol)
-        log = conn.sent_trades.get(wire)
+        logs = conn.unread_trades if conn.unreadable else conn.sent_trades
+        log = logs.get(wire)
         if log is None:
-            log = conn.sent_trades[wire] = []
+            log = logs[wire] = []
         log.extend(trades)
 
     @staticmethod
