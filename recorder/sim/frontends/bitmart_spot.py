@@ -108,7 +108,10 @@ def deflate(payload: bytes) -> bytes:
 
 
 def encode_push(table: str, items: list[dict[str, Any]]) -> bytes:
-    return deflate(orjson.dumps({"table": table, "data": items}))
+    """A push as BitMart writes it: `data` before `table` (the documented increase100 sample, bitmart.md
+    §2.3; keys come sorted, as in the real trade capture of §2.1). Parsers must not care; a decoder
+    that looks for `table` first pays for it here as it would on the venue."""
+    return deflate(orjson.dumps({"data": items, "table": table}))
 
 
 def depth_message(
@@ -126,13 +129,13 @@ def depth_message(
 def trade_message(symbol: str, trades: Sequence[Trade]) -> bytes:
     """`spot/trade` push of `trades` (all of wire id `symbol`)."""
     items = [
-        {
-            "symbol": symbol,
-            "side": t.side,
-            "price": t.price,
-            "size": t.size,
-            "s_t": t.ts_ms // 1000,
+        {  # the real capture's order (bitmart.md §2.1): sorted keys
             "ms_t": t.ts_ms,
+            "price": t.price,
+            "s_t": t.ts_ms // 1000,
+            "side": t.side,
+            "size": t.size,
+            "symbol": symbol,
         }
         for t in trades
     ]
@@ -513,20 +516,20 @@ class BitmartSpotSim(SimServer):
 
     def malformed_frame(self) -> Frame:
         """A BINARY frame that inflates fine but is not JSON (truncated)."""
-        return deflate(b'{"table":"spot/trade","data":[{"symbol":"BTC_US')
+        return deflate(b'{"data":[{"ms_t":1,"price":"1","s_t":0,"side":"buy","size":"1","symbol":"BTC_US')
 
     def invalid_compressed_frame(self) -> bytes:
         """A BINARY frame that is not a raw-deflate stream (block type 3 is reserved)."""
         return b"\x07\xffnot a deflate stream"
 
     def compression_bomb(self, size: int) -> bytes:
-        head, tail = b'{"table":"spot/trade","data":[', b"]}"
+        head, tail = b'{"data":[', b'],"table":"spot/trade"}'
         return deflate(head + b" " * (size - len(head) - len(tail)) + tail)
 
     def oversized_frame(self, size: int) -> Frame:
         """A BINARY frame of about `size` bytes on the wire (incompressible)."""
         pad = base64.b64encode(self._rng.randbytes(size)).decode()
-        return deflate(orjson.dumps({"table": "spot/notice", "data": [{"symbol": "", "pad": pad}]}))
+        return deflate(orjson.dumps({"data": [{"pad": pad, "symbol": ""}], "table": "spot/notice"}))
 
     # ---- REST -----------------------------------------------------------------------------------
 
