@@ -238,6 +238,28 @@ def test_compact_leaves_damaged_files_alone_and_merges_the_rest(tmp_path):
     one_line_error(run("compact", "--data-dir", str(tmp_path / "nope"), cwd=tmp_path), "does not exist")
 
 
+def test_compact_says_when_it_left_todays_partitions_alone(tmp_path):
+    """A careless `compact` right after a recording: today's partition is still being written, so it
+    is left alone, and the command says so (and how to include it) instead of a bare "0 partitions"."""
+    today = datetime.now(UTC)
+    start = int(today.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1_000_000)
+    part = f"exchange=bitmart/symbol=BTC-USDT/date={today.date().isoformat()}"
+    data = lake(tmp_path / "data")
+    put(data, "trades", f"{part}/a.parquet", trades_table(3, start))
+    put(data, "trades", f"{part}/b.parquet", trades_table(2, start + 3_000_000))
+    c = run("compact", "--data-dir", str(data), cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    assert "compacted 1 partitions: 2 files -> 1, 10 rows" in c.stderr  # the finished date
+    assert f"left alone 1 partitions of today ({today.date().isoformat()}" in c.stderr
+    assert "--include-today" in c.stderr
+    assert len(list((data / "trades" / part).glob("*.parquet"))) == 2
+    c = run("compact", "--data-dir", str(data), "--include-today", cwd=tmp_path)
+    assert c.returncode == 0 and "compacted 1 partitions: 2 files -> 1, 5 rows" in c.stderr, c.stderr
+    assert "left alone" not in c.stderr
+    c = run("compact", "--data-dir", str(data), "--date", "2026-11-21", cwd=tmp_path)  # a date named: no hint
+    assert c.returncode == 0 and "left alone" not in c.stderr, c.stderr
+
+
 def test_book_rebuild_skips_damaged_files(tmp_path, caplog):
     from recorder.bookreplay import rebuild_book
 

@@ -42,6 +42,17 @@ class CompactResult:
     files_out: int = 0
     rows: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # damaged files left in place, untouched
+    today: str = ""  # the UTC date still being written
+    today_left: int = 0  # partitions of `today` (or later) left alone: no --include-today, no --date
+
+    def passed_over(self, d: str, date: str | None, include_today: bool) -> bool:
+        """Whether a partition of date `d` is not for this run (and counted if it is today's)."""
+        if date:
+            return d != date
+        if d >= self.today and not include_today:
+            self.today_left += 1
+            return True
+        return False
 
 
 def sort_for_storage(table: str, tbl: pa.Table) -> pa.Table:
@@ -111,8 +122,7 @@ def compact_data_dir(
 ) -> CompactResult:
     root = Path(data_dir)
     recover(root, alive=lambda run: run_is_alive(root, run))
-    today = dt.datetime.now(dt.UTC).date().isoformat()
-    res = CompactResult()
+    res = CompactResult(today=dt.datetime.now(dt.UTC).date().isoformat())
     unknown = [t for t in tables or [] if t not in SCHEMAS or t in DERIVED]
     if unknown:
         choices = ", ".join(t for t in SCHEMAS if t not in DERIVED)
@@ -122,8 +132,7 @@ def compact_data_dir(
             if (problem := partition_problem("date", part.name)) is not None:
                 res.skipped.append(Skipped(table, str(part), problem))
                 continue
-            d = part.name.removeprefix("date=")
-            if (date and d != date) or (d >= today and not include_today and not date):
+            if res.passed_over(part.name.removeprefix("date="), date, include_today):
                 continue
             n, rows = compact_partition(part, table, res.skipped)
             if n:

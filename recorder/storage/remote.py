@@ -361,13 +361,11 @@ def compact_bucket(
     bucket = Bucket(url, endpoint)
     bucket.require_data()
     _, busy = settle_markers(bucket)
-    today = dt.datetime.now(dt.UTC).date().isoformat()
-    res = CompactResult()
+    res = CompactResult(today=dt.datetime.now(dt.UTC).date().isoformat())
     for table in tables or [t for t in SCHEMAS if t not in DERIVED]:
         objs = visible(bucket, bucket.list(f"{table}/"))
         for part, files in sorted(partitions(objs, table, res.skipped, url).items()):
-            d = part.rsplit("date=", 1)[1]
-            if (date and d != date) or (d >= today and not include_today and not date):
+            if res.passed_over(part.rsplit("date=", 1)[1], date, include_today):
                 continue
             if len(files) <= 1 or any(f.rel in busy for f in files):
                 continue
