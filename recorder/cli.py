@@ -260,8 +260,8 @@ def compact(
                   fields={"partitions": res.partitions, "files_in": res.files_in, "files_out": res.files_out,
                           "rows": res.rows, "today_left": res.today_left})
         if res.today_left:  # a careless `compact` on a fresh recording would otherwise look broken
-            out.print(f"left alone {res.today_left} partitions of today ({res.today}, still being written); "
-                      "--include-today compacts them too", fields={"today_left": res.today_left, "today": res.today})
+            out.print(f"left alone {res.today_left} partitions of today with files to merge ({res.today}, still "
+                      "being written); --include-today compacts them too", fields={"today_left": res.today_left, "today": res.today})
         for s in res.skipped:  # left in place: one greppable line each
             out.print(f"warning: left alone {s.path}: {s.reason}", level="warning",
                       fields={"path": s.path, "reason": s.reason})

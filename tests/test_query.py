@@ -247,10 +247,11 @@ def test_compact_says_when_it_left_todays_partitions_alone(tmp_path):
     data = lake(tmp_path / "data")
     put(data, "trades", f"{part}/a.parquet", trades_table(3, start))
     put(data, "trades", f"{part}/b.parquet", trades_table(2, start + 3_000_000))
+    put(data, "events", f"{part}/a.parquet", events_table())  # one file: nothing to merge, not counted
     c = run("compact", "--data-dir", str(data), cwd=tmp_path)
     assert c.returncode == 0, c.stderr
     assert "compacted 1 partitions: 2 files -> 1, 10 rows" in c.stderr  # the finished date
-    assert f"left alone 1 partitions of today ({today.date().isoformat()}" in c.stderr
+    assert f"left alone 1 partitions of today with files to merge ({today.date().isoformat()}" in c.stderr
     assert "--include-today" in c.stderr
     assert len(list((data / "trades" / part).glob("*.parquet"))) == 2
     c = run("compact", "--data-dir", str(data), "--include-today", cwd=tmp_path)

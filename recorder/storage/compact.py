@@ -43,14 +43,15 @@ class CompactResult:
     rows: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # damaged files left in place, untouched
     today: str = ""  # the UTC date still being written
-    today_left: int = 0  # partitions of `today` (or later) left alone: no --include-today, no --date
+    today_left: int = 0  # partitions of `today` (or later) with files to merge, left alone: no --include-today
 
-    def passed_over(self, d: str, date: str | None, include_today: bool) -> bool:
-        """Whether a partition of date `d` is not for this run (and counted if it is today's)."""
+    def passed_over(self, d: str, date: str | None, include_today: bool, files: int) -> bool:
+        """Whether a partition of date `d` holding `files` files is not for this run (counted if it
+        is today's and has something to merge)."""
         if date:
             return d != date
         if d >= self.today and not include_today:
-            self.today_left += 1
+            self.today_left += files > 1
             return True
         return False
 
@@ -132,7 +133,8 @@ def compact_data_dir(
             if (problem := partition_problem("date", part.name)) is not None:
                 res.skipped.append(Skipped(table, str(part), problem))
                 continue
-            if res.passed_over(part.name.removeprefix("date="), date, include_today):
+            if res.passed_over(part.name.removeprefix("date="), date, include_today,
+                               sum(1 for _ in part.glob("*.parquet"))):
                 continue
             n, rows = compact_partition(part, table, res.skipped)
             if n:

@@ -365,7 +365,7 @@ def compact_bucket(
     for table in tables or [t for t in SCHEMAS if t not in DERIVED]:
         objs = visible(bucket, bucket.list(f"{table}/"))
         for part, files in sorted(partitions(objs, table, res.skipped, url).items()):
-            if res.passed_over(part.rsplit("date=", 1)[1], date, include_today):
+            if res.passed_over(part.rsplit("date=", 1)[1], date, include_today, len(files)):
                 continue
             if len(files) <= 1 or any(f.rel in busy for f in files):
                 continue
