@@ -1,8 +1,10 @@
-"""Build of the optional C extension (the hot path's C build, `recorder/_engine.pyx`; see recorder/native.py).
+"""Build of the optional C extensions (the hot path's C builds; see recorder/native.py): every `.pyx`
+in the package, `recorder/_engine.pyx` (the book engine, routing, raw log) and a venue's own
+`recorder/venues/_<venue>.pyx` (its push reader), so a venue that ships one needs no edit here.
 
-Everything else is in pyproject.toml. The extension is optional: where it cannot be built (no C
-compiler), the install still succeeds and the pure-Python classes run.
-The source's sha256 is compiled in, so that a build older than its .pyx is never adopted.
+Everything else is in pyproject.toml. The extensions are optional: where they cannot be built (no C
+compiler), the install still succeeds and the pure-Python code runs.
+Each source's sha256 is compiled in, so that a build older than its .pyx is never adopted.
 """
 
 import hashlib
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "recorder/_engine.pyx"
+ROOT = Path(__file__).parent
 
 
 def extensions() -> list:
@@ -18,14 +20,19 @@ def extensions() -> list:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    sha = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
-    ext = Extension(
-        "recorder._engine",
-        [SOURCE],
-        define_macros=[("RECORDER_ENGINE_SHA256", f'"{sha}"')],
-        extra_compile_args=["-O2"],
-    )
-    built = cythonize([ext], language_level=3, quiet=True)
+    exts = []
+    for pyx in sorted((ROOT / "recorder").rglob("*.pyx")):
+        source = pyx.relative_to(ROOT)
+        sha = hashlib.sha256(pyx.read_bytes()).hexdigest()
+        exts.append(
+            Extension(
+                ".".join(source.with_suffix("").parts),
+                [str(source)],
+                define_macros=[("RECORDER_SOURCE_SHA256", f'"{sha}"')],
+                extra_compile_args=["-O2"],
+            )
+        )
+    built = cythonize(exts, language_level=3, quiet=True)
     for e in built:  # cythonize's copies drop `optional`: without it a missing compiler fails the install
         e.optional = True
     return built

@@ -43,15 +43,15 @@ import heapq
 
 cdef extern from *:
     """
-    #ifndef RECORDER_ENGINE_SHA256
-    #define RECORDER_ENGINE_SHA256 ""
+    #ifndef RECORDER_SOURCE_SHA256
+    #define RECORDER_SOURCE_SHA256 ""
     #endif
     """
-    const char* RECORDER_ENGINE_SHA256
+    const char* RECORDER_SOURCE_SHA256
 
 # sha256 of this file when it was compiled (set by setup.py): `recorder.native` adopts this build
 # only when it matches the .pyx beside it, so a build older than its source never runs
-SOURCE_SHA256 = RECORDER_ENGINE_SHA256.decode()
+SOURCE_SHA256 = RECORDER_SOURCE_SHA256.decode()
 
 cdef object _GAP = Outcome.GAP
 cdef object _CROSSED = Outcome.CROSSED

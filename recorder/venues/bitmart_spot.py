@@ -17,6 +17,7 @@ import orjson
 from isal.isal_zlib import IsalError
 from isal.isal_zlib import decompress as isal_decompress
 
+from recorder import native
 from recorder.model import (
     BOOK,
     TRADES,
@@ -405,12 +406,19 @@ class VersionChain:
         return Verdict.OUT_OF_ORDER
 
 
+# The C build of `parse`'s common case (`_bitmart_spot.pyx`: the push's bytes straight to records,
+# no msgspec structs in between), handing everything else to `parse`; None: the Python alone.
+_NATIVE = native.venue(__name__, __file__)
+if _NATIVE is not None:
+    _NATIVE.set_fallback(parse)
+
+
 class _Codec:
     decode_errors = DECODE_ERRORS
 
     def __init__(self) -> None:
         self.decode = decode
-        self.parse = parse
+        self.parse = parse if _NATIVE is None else _NATIVE.parse
 
 
 class BitmartSpot(Venue):
