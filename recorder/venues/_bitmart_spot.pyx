@@ -165,7 +165,8 @@ cdef inline Py_ssize_t _span(Cur* c) noexcept nogil:
     return c.p - 1 - start
 
 
-cdef list _SYMBOLS = [None] * 256  # the symbols' str objects, by a hash of their bytes: one per market
+cdef list _SYMBOLS = [None] * 4096  # the symbols' str objects, by a hash of their bytes (32 KB: few
+# collisions at the ~1,500 markets of a whole venue)
 
 
 cdef inline object _symbol(Cur* c):
@@ -179,7 +180,7 @@ cdef inline object _symbol(Cur* c):
     s = c.p - 1 - n
     for i in range(n):
         h = h * 31 + s[i]
-    h &= 255
+    h &= 4095
     cached = _SYMBOLS[h]
     if cached is not None and len(<str>cached) == n and memcmp(<const char*>PyUnicode_DATA(cached), s, n) == 0:
         return cached

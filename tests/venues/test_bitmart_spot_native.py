@@ -128,9 +128,9 @@ def test_odd_pushes_read_as_the_python(raw: str) -> None:
 
 
 def test_symbols_are_shared_objects_and_never_mixed_up() -> None:
-    """The reader keeps one str a symbol (256 slots by a hash of the bytes): symbols sharing a slot
+    """The reader keeps one str a symbol (4,096 slots by a hash of the bytes): symbols sharing a slot
     get their own text, and the same symbol gives the same object."""
-    names = [f"S{i}_USDT" for i in range(2000)]
+    names = [f"S{i}_USDT" for i in range(10000)]
     for name in names * 2:
         raw = (WIRE_BOOK % (BOOK_ITEM % ("[]", "[]", "1", f'"{name}"', '"update"', "5"))).encode()
         (m,) = C.read(raw)
