@@ -11,9 +11,9 @@ time, an ack, a pong) goes to the Python, which alone decides what it means; so 
 this gives the Python's records (tests/venues/test_bitmart_spot_fast_path.py compares the two on
 the simulator's tape, on odd input and on hypothesis' pushes).
 
-Why: the msgspec structs in between cost ~10k instructions a push (the union's tag comes last, so
-msgspec skips `data` to find it and reads it again) and the Python that turns them into records
-~4k more: ~25 % of a message's work (README, "Hot path, eighth pass").
+Why: the Python way (msgspec structs, whose union's tag comes last, so msgspec skips `data` to find
+it and reads it again, then the Python that turns them into records) costs ~15.1k instructions a
+push, this ~5.4k; ~16 % of a frame's work in the pipeline (README, "Hot path, eighth pass").
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -26,7 +26,8 @@ from libc.string cimport memcmp
 from recorder.model import BookMessage, TradeBatch
 
 cdef extern from "Python.h":
-    double PyOS_string_to_double(const char* s, char** endptr, object overflow_exception) except? -1.0
+    # overflow_exception NULL: past the largest double gives inf, as float() does (None would be raised)
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
     void* PyUnicode_DATA(object o)  # an ASCII str's bytes (the only kind `_symbol` stores)
 
 cdef extern from *:
@@ -45,7 +46,7 @@ cdef double[23] _POW10
 cdef int _i
 _POW10[0] = 1.0
 for _i in range(1, 23):
-    _POW10[_i] = _POW10[_i - 1] * 10.0  # exact: 10^22 is the largest power of ten a double holds
+    _POW10[_i] = _POW10[_i - 1] * 10.0  # exact: 10^22 is the largest power of ten a double holds exactly
 
 cdef uint64_t _EXACT = (<uint64_t>1) << 53  # integers up to here are doubles exactly
 cdef int64_t _MS_MAX = 9_000_000_000_000_000 // 1000  # ms * 1000 stays an int64
@@ -143,7 +144,7 @@ cdef inline int _number(Cur* c, double* out) except -1:
     if digits <= 19 and m <= _EXACT and frac <= 22:
         out[0] = <double>m / _POW10[frac]  # both exact, so one correctly rounded division
     else:
-        out[0] = PyOS_string_to_double(<const char*>start, &end, None)  # float()'s own reading
+        out[0] = PyOS_string_to_double(<const char*>start, &end, NULL)  # float()'s own reading
         if <const unsigned char*>end != c.p:
             return 0
     c.p += 1

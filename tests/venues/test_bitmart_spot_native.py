@@ -93,6 +93,10 @@ WIRE_TRADE = '{"data":[%s],"table":"spot/trade"}'
         WIRE_BOOK % (BOOK_ITEM % ('[["9007199254740993","0.1000000000000000055511151231257827"]]', "[]", "1",
                                   '"A"', '"update"', "5")),
         WIRE_BOOK % (BOOK_ITEM % ('[["123456789012345678901234567890.5","1"]]', "[]", "1", '"A"', '"update"', "5")),
+        # past the largest double (inf, as float() reads it), and below the smallest
+        WIRE_BOOK % (BOOK_ITEM % (f'[["{"9" * 400}","1"]]', "[]", "1", '"A"', '"update"', "5")),
+        WIRE_BOOK % (BOOK_ITEM % (f'[["1{"0" * 308}","{"1" * 309}.5"]]', "[]", "1", '"A"', '"update"', "5")),
+        WIRE_BOOK % (BOOK_ITEM % (f'[["0.{"0" * 400}1","0.{"0" * 320}5"]]', "[]", "1", '"A"', '"update"', "5")),
         WIRE_BOOK % (BOOK_ITEM % ("[]", "[]", "9223372036854775807", '"A"', '"update"', "123456789012345678")),
         WIRE_BOOK % (BOOK_ITEM % ("[]", "[]", "9000000000000001", '"A"', '"update"', "1234567890123456789")),
         WIRE_BOOK % (BOOK_ITEM % ("[]", "[]", "1.0", '"A"', '"update"', "5")),
@@ -139,7 +143,7 @@ def test_symbols_are_shared_objects_and_never_mixed_up() -> None:
     assert C.read(raw)[0].symbol is C.read(raw)[0].symbol
 
 
-_DIGITS = st.text("0123456789", min_size=1, max_size=25)
+_DIGITS = st.one_of(st.text("0123456789", min_size=1, max_size=25), st.text("0123456789", min_size=300, max_size=420))
 _DECIMAL = st.one_of(
     _DIGITS,
     st.builds(lambda i, f: f"{i}.{f}", _DIGITS, _DIGITS),
