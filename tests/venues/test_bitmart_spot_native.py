@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recorder import native
-from recorder.sim import BitmartSpotSim
 from recorder.venues import bitmart_spot as bs
+
+from .test_bitmart_spot_fast_path import _tape
 
 ROOT = Path(__file__).resolve().parents[2]
 C = bs._NATIVE
@@ -37,12 +38,7 @@ def _same(raw) -> list:
 
 
 def _payloads(events: int) -> list[bytes]:
-    sim = BitmartSpotSim(symbols=3, seed=5, rate=0, tape_events=events, include_pre_trade=False)
-    sim.build_tapes(sim.market.steps(events))
-    frames = []
-    for tape in sim._tapes.values():
-        frames += [tape.snapshot, *tape.depth, *(f for f, _ in tape.trades)]
-    return [zlib.decompress(f, -zlib.MAX_WBITS) for f in frames]
+    return [zlib.decompress(f, -zlib.MAX_WBITS) for f in _tape(events)]
 
 
 def test_the_codec_runs_the_c_build_of_its_source() -> None:
