@@ -8,8 +8,8 @@ item keys in BitMart's sorted order, JSON whitespace anywhere between tokens, le
 plain decimal strings, ASCII strings without escapes, integers of at most 18 digits. Anything
 else (a key order, an escape, an exponent, a negative or leading-zero number string, a missing
 time, an ack, a pong) goes to the Python, which alone decides what it means; so for every payload
-this gives the Python's records (tests/venues/test_bitmart_spot_fast_path.py compares the two on
-the simulator's tape, on odd input and on hypothesis' pushes).
+this gives the Python's records (tests/venues/test_bitmart_spot_native.py compares the two on the
+simulator's tape, on cut and changed pushes, on odd input and on hypothesis' pushes).
 
 Why: the Python way (msgspec structs, whose union's tag comes last, so msgspec skips `data` to find
 it and reads it again, then the Python that turns them into records) costs ~15.1k instructions a
@@ -76,8 +76,13 @@ cdef inline bint _lit(Cur* c, const char* s, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _key(Cur* c, const char* s, Py_ssize_t n) noexcept nogil:
-    """`s` (a quoted key) and its colon."""
-    return _lit(c, s, n) and _lit(c, b":", 1)
+    """`s` (a quoted key) and its colon; else the cursor stays where it was, so that the next key
+    tried starts there (`"asks""ms_t":…` is no trade)."""
+    cdef const unsigned char* at = c.p
+    if _lit(c, s, n) and _lit(c, b":", 1):
+        return True
+    c.p = at
+    return False
 
 
 cdef inline bint _digit(unsigned char ch) noexcept nogil:
@@ -111,8 +116,9 @@ cdef inline bint _int(Cur* c, int64_t* out) noexcept nogil:
 
 
 cdef inline int _number(Cur* c, double* out) except -1:
-    """A price or amount: a string holding a plain decimal `digits[.digits]`, no sign, no leading
-    zero, as float() reads it (correctly rounded). 1: read; 0: another form (the Python decides)."""
+    """A price or amount: a string holding a plain decimal `digits[.digits]`, no sign, no zero
+    followed by a digit ("0.5" yes, "05" no), as float() reads it (correctly rounded). 1: read; 0:
+    another form (the Python decides)."""
     cdef const unsigned char* start
     cdef uint64_t m = 0
     cdef int digits = 0, frac = 0
@@ -141,7 +147,7 @@ cdef inline int _number(Cur* c, double* out) except -1:
             c.p += 1
     if c.p >= c.end or c.p[0] != 34:  # the closing quote, nothing else
         return 0
-    if digits <= 19 and m <= _EXACT and frac <= 22:
+    if digits <= 19 and m <= _EXACT and frac <= 22:  # (frac <= digits: the last test guards the table)
         out[0] = <double>m / _POW10[frac]  # both exact, so one correctly rounded division
     else:
         out[0] = PyOS_string_to_double(<const char*>start, &end, NULL)  # float()'s own reading

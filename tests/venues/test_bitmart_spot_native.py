@@ -70,6 +70,10 @@ def test_cut_or_changed_pushes_read_as_the_python() -> None:
         for i in range(len(raw)):
             for b in (b" ", b"0", b"-", b'"', b"\\", b"e", b".", b"\x00", b"\xc3", b"}", b"]", b","):
                 _same(raw[:i] + b + raw[i + 1 :])
+            for n in range(2, 9):  # a span gone: `"s_t":1,` -> `"s_t""side"`
+                _same(raw[:i] + raw[i + n :])
+            for token in (b'"ms_t"', b'"asks"', b'"s_t"', b":", b",", b"[", b"{", b'""', b'"x":1,'):
+                _same(raw[:i] + token + raw[i:])
 
 
 WIRE_BOOK = '{"data":[%s],"table":"spot/depth/increase100"}'
@@ -113,6 +117,10 @@ WIRE_TRADE = '{"data":[%s],"table":"spot/trade"}'
         WIRE_TRADE % '{"ms_t":1,"price":"1","side":"b\\u0075y","size":"2","symbol":"A"}',
         WIRE_TRADE % '{"ms_t":1,"price":"1","s_t":"x","side":"buy","size":"2","symbol":"A"}',
         WIRE_TRADE % '{"price":"1","s_t":1,"side":"buy","size":"2","symbol":"A"}',
+        # a key without its colon must not let the next key be tried from past it (found at review)
+        WIRE_TRADE % '{"asks""ms_t":1,"price":"1","side":"buy","size":"1","symbol":"A"}',
+        WIRE_TRADE % '{"asks" "ms_t":1,"price":"1","side":"buy","size":"1","symbol":"A"}',
+        WIRE_TRADE % '{"ms_t":1,"price":"1","s_t""side":"buy","size":"1","symbol":"A"}',
         WIRE_TRADE % ('{"ms_t":1,"price":"1","side":"buy","size":"2","symbol":"A"},'
                       '{"ms_t":2,"price":"3","side":"sell","size":"4","symbol":"B"},'
                       '{"ms_t":3,"price":"5","side":"buy","size":"6","symbol":"A"}'),
