@@ -202,17 +202,20 @@ def test_any_push_reads_as_the_python_bit_for_bit(raw: bytes) -> None:
 
 
 def test_a_reader_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
-    """Edit the venue's .pyx without rebuilding: the codec runs the Python parse and says why, once."""
+    """Edit the venue's .pyx without rebuilding: the codec runs the Python parse and says why, once;
+    RECORDER_PURE_PYTHON=1 runs the Python too."""
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "recorder", tree / "recorder", ignore=shutil.ignore_patterns("__pycache__"))
     code = "from recorder.venues import bitmart_spot as b; print(b._NATIVE is None, b._Codec().parse is b.parse)"
 
-    def run() -> subprocess.CompletedProcess:
+    def run(**extra: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         env.pop(native.PURE_ENV, None)
-        return subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-c", code], cwd=tree, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60)
 
     assert run().stdout.split() == ["False", "False"]
+    assert run(**{native.PURE_ENV: "1"}).stdout.split() == ["True", "True"]  # the Python on purpose
     pyx = tree / "recorder" / "venues" / "_bitmart_spot.pyx"
     pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
     stale = run()
