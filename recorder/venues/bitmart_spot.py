@@ -163,6 +163,8 @@ DECODE_ERRORS = (zlib.error, ValueError)
 _KEEPALIVE_TEXTS = frozenset(["pong", b"pong", "ping", b"ping"])
 
 
+# Where the C build is adopted (`_NATIVE`, below), pushes in the venue's own layout never come here:
+# it reads them straight to records and hands this module only what it does not take.
 # Typed decoding of the two market-data pushes straight into structs (msgspec): no dict per item
 # and no float() per number, ~1.5 µs a message less than orjson + dict lookups. Lax mode reads the
 # wire's decimal strings as floats in C. It takes only the plain shape; anything else (other
