@@ -28,6 +28,11 @@ valgrind the recorder reads ~30x slower and the sender waits for it (TCP); the r
 recorder has read what the sockets held. Its rates and times are valgrind's: only the count means
 anything. `python benchmarks/bench_record.py --instructions --events 100000` takes ~2 min.
 
+Each run also reports `stop_cpu_s` (the recorder's CPU from SIGTERM to its exit: the last flush of
+every buffer to Parquet, which ccxt has no counterpart for) and `steal_s` (seconds the hypervisor
+took from core 0 during the run, from /proc/stat: a run that lost time to other guests reads slow).
+`BENCH_RECORDER_WRAP="perf record -e cpu-clock -g -o F --"` runs the recorder under a wrapper.
+
 Before a run the recorder package's bytecode is written (`compileall`), as installing a wheel does:
 an editable install under PYTHONDONTWRITEBYTECODE=1 (this project's machines) never writes it, so
 every `recorder run` would compile its own modules again (~0.44 G instructions, ~0.1 s of start-up
@@ -120,6 +125,7 @@ def run(
         "-c",
         "0",
         *(VALGRIND if instructions else []),
+        *os.environ.get("BENCH_RECORDER_WRAP", "").split(),
         sys.executable,
         "-m",
         "recorder.cli",
@@ -136,6 +142,7 @@ def run(
     ]
     if not raw:
         cmd.append("--no-raw")
+    steal0 = steal_s()
     rec = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     spy = None
     if profile:  # sample the recorder with py-spy (collapsed stacks), e.g. to find hot spots
@@ -161,6 +168,7 @@ def run(
             last, still = sent_bytes, 0.0
         if time.monotonic() - started > 600:
             break
+    stop_cpu = proc_cpu_rss(rec.pid)[0]  # what the stop costs (the last flush of every buffer) is the rest
     rec.send_signal(signal.SIGTERM)  # stop the recorder first: the simulator closing would log disconnects
     _, status, usage = os.wait4(rec.pid, 0)
     rec.returncode = os.waitstatus_to_exitcode(status)
@@ -178,6 +186,8 @@ def run(
         if rec.returncode != 0:
             raise SystemExit(f"recorder failed: {err}")
         res = measure(data, sent, usage, symbols, raw, exchange, startup_cpu or 0.0)
+        res["stop_cpu_s"] = round(res["cpu_s"] - stop_cpu, 2)
+        res["steal_s"] = round(steal_s() - steal0, 2)
         if instructions:
             m = re.search(r"I\s+refs:\s+([\d,]+)", err)
             if m is None:
@@ -427,6 +437,7 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
     sim.start()
     ws_url, rest_url, names = _recv(parent, None, 120.0)
     cmd = ["taskset", "-c", "0", python, __file__, "--ccxt-client", ws_url, rest_url, *names[:symbols]]
+    steal0 = steal_s()
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     lines = _Lines(client)
     try:
@@ -448,6 +459,7 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
             if time.monotonic() - started > 900:
                 break
         cpu, rss = proc_cpu_rss(client.pid)
+        steal = steal_s() - steal0
         client.send_signal(signal.SIGTERM)
         client.wait(30)
         lines.thread.join(5)
@@ -489,7 +501,17 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
         "startup_cpu_s": round(startup_cpu or 0.0, 2),
         "cpu_us_per_msg_after_startup": round((cpu - (startup_cpu or 0.0)) / msgs * 1e6, 1),
         "peak_rss_mb": rss,
+        "steal_s": round(steal, 2),
     }
+
+
+def steal_s(core: int = 0) -> float:
+    """CPU seconds the hypervisor has taken from `core` (the one both clients are pinned to) since
+    boot, from /proc/stat: what it took during a run is time that run's rate lost to other guests."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            return int(line.split()[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def load_average() -> str:
@@ -501,6 +523,7 @@ def table(rec: dict, cc: dict | None) -> str:
         ("messages/s", "msg_per_s"),
         ("CPU µs per message", "cpu_us_per_msg"),
         ("  after start-up", "cpu_us_per_msg_after_startup"),
+        ("start-up CPU s", "startup_cpu_s"),
         ("seconds", "seconds"),
         ("trades sent", "trades_sent"),
         ("peak RSS MB", "peak_rss_mb"),
@@ -508,6 +531,9 @@ def table(rec: dict, cc: dict | None) -> str:
     out = [f"{'':24}{'recorder':>12}{'ccxt.pro':>12}"]
     for label, key in rows:
         out.append(f"{label:24}{rec[key]:>12}{cc[key] if cc else '-':>12}")
+    out.append(f"{'stop CPU s (last flush)':24}{rec.get('stop_cpu_s', '-'):>12}{'-':>12}")
+    # the hypervisor's steal from the core both run on: a run that lost time to it reads slow
+    out.append(f"{'steal s (host took)':24}{rec.get('steal_s', '-'):>12}{cc.get('steal_s', '-') if cc else '-':>12}")
     out.append(f"{'trades stored / seen':24}{rec['trades_stored']:>12}{cc['trades_seen'] if cc else '-':>12}")
     if "instructions_per_msg" in rec:  # under valgrind: its times and rates are valgrind's, not the recorder's
         out.append(f"{'instructions / message':24}{rec['instructions_per_msg']:>12,}{'-':>12}")
@@ -547,12 +573,15 @@ def medians(runs: list[dict]) -> dict:
 def summary(runs: list[dict]) -> str:
     """One line a run, then the medians."""
     m = medians(runs)
-    lines = [f"{'run':>4}{'msg/s':>10}{'CPU µs/msg':>12}{'ccxt msg/s':>12}{'ccxt µs/msg':>13}{'ratio':>8}"]
+    lines = [
+        f"{'run':>4}{'msg/s':>10}{'CPU µs/msg':>12}{'ccxt msg/s':>12}{'ccxt µs/msg':>13}{'ratio':>8}{'steal s':>14}"
+    ]
     for i, r in enumerate(runs, 1):
         c = r.get("ccxt")
+        steal = f"{r.get('steal_s', '-')}/{c.get('steal_s', '-') if c else '-'}"
         lines.append(
             f"{i:>4}{r['msg_per_s']:>10}{r['cpu_us_per_msg']:>12}{c['msg_per_s'] if c else '-':>12}"
-            f"{c['cpu_us_per_msg'] if c else '-':>13}{r.get('ratio_msg_per_s', '-'):>8}"
+            f"{c['cpu_us_per_msg'] if c else '-':>13}{r.get('ratio_msg_per_s', '-'):>8}{steal:>14}"
         )
     tail = "; LOSS OR GAPS in a run" if m["lost_or_gaps_in_any_run"] else "; 0 lost, 0 gaps in every run"
     ccxt = ""
