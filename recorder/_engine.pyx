@@ -18,7 +18,7 @@ from cpython.dict cimport PyDict_Next
 from cpython.float cimport PyFloat_CheckExact
 from cpython.ref cimport PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
-from cpython.long cimport PyLong_AsLongLong, PyLong_Check
+from cpython.long cimport PyLong_AsLong, PyLong_AsLongLong, PyLong_Check
 from cpython.number cimport PyNumber_Index
 from libc.float cimport DBL_MAX
 from libc.stdint cimport int64_t, uint8_t, uint64_t
@@ -80,6 +80,10 @@ cdef inline int64_t _q(object x) except? -1:
     bits, TypeError for anything else (both in ROW_ERRORS)."""
     if not PyLong_Check(x):
         x = PyNumber_Index(x)
+    # PyLong_AsLong where a C long is 64 bits: on CPython 3.11 PyLong_AsLongLong reads any int past
+    # 2^30 (every microsecond time) through _PyLong_AsByteArray, ~4x the work
+    if sizeof(long) == sizeof(int64_t):
+        return PyLong_AsLong(x)
     return PyLong_AsLongLong(x)
 
 
