@@ -230,7 +230,7 @@ class RawLogBase:
         if self._buf:
             if self._fd is None:
                 self._open_file()
-            frame = self._cctx.compress(bytes(self._buf))
+            frame = self._cctx.compress(self._buf)  # read in place: no copy of the buffer
             try:
                 written = 0
                 while written < len(frame):
