@@ -409,17 +409,18 @@ class VersionChain:
 
 
 # The C build of `parse`'s common case (`_bitmart_spot.pyx`: the push's bytes straight to records,
-# no msgspec structs in between), handing everything else to `parse`; None: the Python alone.
+# no msgspec structs in between), handing everything else to `parse`, and of `decode`'s (ISA-L's
+# call without a Python frame); None: the Python alone.
 _NATIVE = native.venue(__name__, __file__)
 if _NATIVE is not None:
-    _NATIVE.set_fallback(parse)
+    _NATIVE.set_fallback(parse, decode, isal_decompress, IsalError, _SMALL_FRAME)
 
 
 class _Codec:
     decode_errors = DECODE_ERRORS
 
     def __init__(self) -> None:
-        self.decode = decode
+        self.decode = decode if _NATIVE is None else _NATIVE.decode
         self.parse = parse if _NATIVE is None else _NATIVE.parse
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def _payloads(events: int) -> list[bytes]:
 def test_the_codec_runs_the_c_build_of_its_source() -> None:
     assert C is not None
     assert bs._Codec().parse is C.parse
+    assert bs._Codec().decode is C.decode
     assert hashlib.sha256((ROOT / "recorder/venues/_bitmart_spot.pyx").read_bytes()).hexdigest() == C.SOURCE_SHA256
 
 
@@ -202,12 +204,66 @@ def test_any_push_reads_as_the_python_bit_for_bit(raw: bytes) -> None:
     _same(raw)
 
 
+def _decoded(frame) -> tuple:
+    """What a decode gives: its payload, or its exception's type and words."""
+    try:
+        return ("ok", bs._Codec().decode(frame))
+    except Exception as exc:  # noqa: BLE001 - the two builds must fail alike, whatever the error
+        return (type(exc), str(exc))
+
+
+def _same_frame(frame) -> None:
+    """The codec's decode (the C build) and the Python definition agree, errors included."""
+    got = _decoded(frame)
+    try:
+        want = ("ok", bs.decode(frame))
+    except Exception as exc:  # noqa: BLE001
+        want = (type(exc), str(exc))
+    assert got == want, frame[:60]
+
+
+def test_every_tape_frame_decodes_as_the_python() -> None:
+    frames = _tape(3000)
+    for frame in frames:
+        assert _decoded(frame) == ("ok", zlib.decompress(frame, -zlib.MAX_WBITS))
+
+
+def _deflated(payload: bytes, wbits: int) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return c.compress(payload) + c.flush()
+
+
+def test_odd_frames_decode_as_the_python() -> None:
+    """Whatever is not a small raw-deflate frame that ISA-L reads (a broken stream, a zlib or gzip
+    wrapper, a frame at the size the Python caps, a deflate bomb, other types) is the Python's:
+    the same payload or the same error, worded the same."""
+    frame = _tape(10)[0]
+    big = random.Random(1).randbytes(20_000)  # incompressible: a deflated frame past _SMALL_FRAME
+    cases = [
+        b"", b"\x00", b"garbage", frame[:-3], frame[:1], frame + b"trailing", bytes([frame[0] ^ 0xFF]) + frame[1:],
+        _deflated(b'{"data":[],"table":"spot/trade"}', zlib.MAX_WBITS),  # zlib header
+        _deflated(b'{"data":[],"table":"spot/trade"}', 16 + zlib.MAX_WBITS),  # gzip header
+        _deflated(big, -zlib.MAX_WBITS),  # an ordinary frame, but not a small one
+        _deflated(b"\x00" * (2 * bs.MAX_INFLATED_BYTES), -zlib.MAX_WBITS),  # past the cap (a deflate bomb)
+        bytearray(frame), memoryview(frame), "a text frame",
+    ]
+    assert len(cases[9]) >= bs._SMALL_FRAME > len(frame)
+    with pytest.raises(ValueError, match="deflate bomb"):
+        bs.decode(cases[10])  # ISA-L would inflate it all: only the Python's way caps it
+    for case in cases:
+        _same_frame(case)
+    for i in range(len(frame)):  # every byte of a real frame changed, and every prefix
+        _same_frame(frame[:i] + bytes([frame[i] ^ 0x55]) + frame[i + 1 :])
+        _same_frame(frame[:i])
+
+
 def test_a_reader_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
     """Edit the venue's .pyx without rebuilding: the codec runs the Python parse and says why, once;
     RECORDER_PURE_PYTHON=1 runs the Python too."""
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "recorder", tree / "recorder", ignore=shutil.ignore_patterns("__pycache__"))
-    code = "from recorder.venues import bitmart_spot as b; print(b._NATIVE is None, b._Codec().parse is b.parse)"
+    code = ("from recorder.venues import bitmart_spot as b; "
+            "print(b._NATIVE is None, b._Codec().parse is b.parse, b._Codec().decode is b.decode)")
 
     def run(**extra: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -215,12 +271,12 @@ def test_a_reader_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
         return subprocess.run([sys.executable, "-c", code], cwd=tree, env={**env, **extra}, capture_output=True,
                               text=True, timeout=60)
 
-    assert run().stdout.split() == ["False", "False"]
-    assert run(**{native.PURE_ENV: "1"}).stdout.split() == ["True", "True"]  # the Python on purpose
+    assert run().stdout.split() == ["False", "False", "False"]
+    assert run(**{native.PURE_ENV: "1"}).stdout.split() == ["True", "True", "True"]  # the Python on purpose
     pyx = tree / "recorder" / "venues" / "_bitmart_spot.pyx"
     pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
     stale = run()
     assert stale.returncode == 0, stale.stderr
-    assert stale.stdout.split() == ["True", "True"]
+    assert stale.stdout.split() == ["True", "True", "True"]
     assert "older than" in stale.stderr and "_bitmart_spot.pyx" in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1
