@@ -59,6 +59,7 @@ cdef object _BookMessage = BookMessage, _TradeBatch = TradeBatch  # C globals: n
 cdef object _fallback = None  # bitmart_spot.parse, the definition
 cdef object _decode_fallback = None  # bitmart_spot.decode, the definition
 cdef object _inflate = None, _inflate_errors = None  # its first step on a small frame (ISA-L's), and its errors
+cdef object _wbits = None  # that step's window bits (raw deflate)
 cdef Py_ssize_t _small_frame = 0  # frames below this size take that step
 
 
@@ -339,22 +340,24 @@ def read(raw):
     return books if kind == 1 else list(by_symbol.values())
 
 
-def set_fallback(parse, decode, inflate, inflate_errors, small_frame):
+def set_fallback(parse, decode, inflate, wbits, inflate_errors, small_frame):
     """The Python definitions: `parse` (below) hands what `read` does not take to `parse`, and
-    `decode` (below) to `decode` whatever is not a small bytes frame that `inflate(frame, -15)` (the
-    Python decode's own first step) reads without one of `inflate_errors`."""
-    global _fallback, _decode_fallback, _inflate, _inflate_errors, _small_frame
+    `decode` (below) to `decode` whatever is not a bytes frame shorter than `small_frame` that
+    `inflate(frame, wbits)` (the Python decode's own first step, its names passed here so that the
+    rule has one source) reads without one of `inflate_errors`."""
+    global _fallback, _decode_fallback, _inflate, _wbits, _inflate_errors, _small_frame
     _fallback, _decode_fallback = parse, decode
-    _inflate, _inflate_errors, _small_frame = inflate, inflate_errors, small_frame
+    _inflate, _wbits, _inflate_errors, _small_frame = inflate, wbits, inflate_errors, small_frame
 
 
 def decode(frame):
-    """`bitmart_spot.decode` without its Python frame (~0.7k instructions a frame): a small binary
-    frame (every real push) is the Python's first step, done here; anything else, an error of that
-    step included, is the Python's, which then does that step again and decides."""
+    """`bitmart_spot.decode` without its Python function around the common case (~0.6-0.8k
+    instructions a frame): a small binary frame (every real push) takes the Python's first step,
+    here; anything else, an error of that step included, is the Python's, which then does that step
+    again and decides."""
     if type(frame) is bytes and PyBytes_GET_SIZE(frame) < _small_frame:
         try:
-            return _inflate(frame, -15)
+            return _inflate(frame, _wbits)
         except _inflate_errors:
             pass
     return _decode_fallback(frame)

@@ -413,7 +413,7 @@ class VersionChain:
 # call without a Python frame); None: the Python alone.
 _NATIVE = native.venue(__name__, __file__)
 if _NATIVE is not None:
-    _NATIVE.set_fallback(parse, decode, isal_decompress, IsalError, _SMALL_FRAME)
+    _NATIVE.set_fallback(parse, decode, isal_decompress, -zlib.MAX_WBITS, IsalError, _SMALL_FRAME)
 
 
 class _Codec:

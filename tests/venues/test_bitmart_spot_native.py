@@ -1,7 +1,8 @@
-"""BitMart spot's C push reader (`recorder/venues/_bitmart_spot.pyx`) is the Python `parse`, only
-faster: for every payload the codec's `parse` gives the records (or the error) the Python gives, bit
-for bit; the C build takes every push of the simulator's tape and hands everything else to the
-Python; it is adopted only when it is the build of the source beside it."""
+"""BitMart spot's C push reader (`recorder/venues/_bitmart_spot.pyx`) is the Python `parse` and
+`decode`, only faster: for every payload the codec's `parse` gives the records (or the error) the
+Python gives, bit for bit, and for every frame its `decode` the Python's payload (or error); the C
+build takes every push of the simulator's tape and hands everything else to the Python; it is
+adopted only when it is the build of the source beside it."""
 
 from __future__ import annotations
 
@@ -258,8 +259,8 @@ def test_odd_frames_decode_as_the_python() -> None:
 
 
 def test_a_reader_build_older_than_its_source_is_not_adopted(tmp_path) -> None:
-    """Edit the venue's .pyx without rebuilding: the codec runs the Python parse and says why, once;
-    RECORDER_PURE_PYTHON=1 runs the Python too."""
+    """Edit the venue's .pyx without rebuilding: the codec runs the Python parse and decode and says
+    why, once; RECORDER_PURE_PYTHON=1 runs the Python too."""
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "recorder", tree / "recorder", ignore=shutil.ignore_patterns("__pycache__"))
     code = ("from recorder.venues import bitmart_spot as b; "
