@@ -26,7 +26,13 @@ def resolve(requested: list[str], instruments: list[Instrument], exchange: str) 
     by_symbol = {i.symbol: i for i in instruments}
     out: dict[str, Instrument] = {}
     for raw in requested:
-        user = normalize(raw)
+        try:
+            user = normalize(raw)
+        except RecorderError as exc:
+            meant = _written_without_separator(raw, instruments)
+            if meant:
+                raise RecorderError(f"{exc}; did you mean {', '.join(meant)}?") from None
+            raise
         inst = by_symbol.get(user)
         if inst is None:
             close = difflib.get_close_matches(user, list(by_symbol), n=3, cutoff=0.6)
@@ -34,6 +40,16 @@ def resolve(requested: list[str], instruments: list[Instrument], exchange: str) 
             raise RecorderError(f"unknown symbol {raw!r} on {exchange}{hint}")
         out[user] = inst
     return list(out.values())
+
+
+def _written_without_separator(raw: str, instruments: list[Instrument]) -> list[str]:
+    """The markets a symbol with no separator stands for (`BTCUSDT`, BitMart futures' and Peatio's own
+    form): those whose wire id or BASE+QUOTE it spells, any case. Named in the error, never taken:
+    a run's symbols are BASE-QUOTE, as the data's partitions are."""
+    key = raw.strip().upper()
+    return sorted(
+        {i.symbol for i in instruments if key in (i.wire.upper(), i.symbol.replace("-", ""))}
+    )[:3]
 
 
 async def fetch_instruments(session: aiohttp.ClientSession, venue: Venue, rest_url: str) -> list[Instrument]:

@@ -288,6 +288,13 @@ async def test_unknown_symbols_and_refused_subscriptions_are_clear(tmp_path, per
             RecorderError, match=f"^unknown symbol '{bad}' on bitmart_perpetual; did you mean .*BTC-USDT"
         ):
             await c.prepare()
+    for wire in ("BTCUSDT", "btcusdt"):  # BitMart futures' own form: named, not guessed into a run
+        with pytest.raises(
+            RecorderError, match=f"^symbol '{wire}' is not of the form BASE-QUOTE .*; did you mean BTC-USDT\\?$"
+        ):
+            await Collector(EX, [wire], options(tmp_path, sim)).prepare()
+    with pytest.raises(RecorderError, match="not of the form BASE-QUOTE \\(e.g. BTC-USDT\\)$"):  # no such market
+        await Collector(EX, ["ZZZUSDT"], options(tmp_path, sim)).prepare()
     rc, err = await run_cli("run", EX, "BTC-USDX", "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
                             "--data-dir", str(tmp_path / "cli"), "-q")  # fmt: skip
     assert (

@@ -266,6 +266,8 @@ async def test_unknown_hidden_and_refused_are_clear(tmp_path, sim):
         RecorderError, match=r"unknown symbol 'BTC-USDX' on altmarkets; did you mean BTC-USDT"
     ):
         await Collector(EX, ["BTC-USDX"], options(tmp_path, sim)).prepare()
+    with pytest.raises(RecorderError, match=r"not of the form BASE-QUOTE .*; did you mean BTC-USDT\?$"):
+        await Collector(EX, ["btcusdt"], options(tmp_path, sim)).prepare()  # Peatio's own market id
     with pytest.raises(RecorderError, match="NEWT-USDT"):  # listed, hidden: not trading
         await Collector(EX, ["NEWT-USDT"], options(tmp_path, sim)).prepare()
     with pytest.raises(RecorderError, match="^peatio has no default URLs: pass --ws-url and --rest-url$"):
