@@ -28,6 +28,13 @@ valgrind the recorder reads ~30x slower and the sender waits for it (TCP); the r
 recorder has read what the sockets held. Its rates and times are valgrind's: only the count means
 anything. `python benchmarks/bench_record.py --instructions --events 100000` takes ~2 min.
 
+`--together` runs both at the same time on core 0 (each with its own simulator on core 1), ccxt first
+until it is past its costlier first ~40 % of the tape, and compares their CPU a message in the same
+seconds: the host's load moves both alike, so the ratio holds within a few per cent from run to run
+(the sequential pairs' ratio moved 3.2-6.4x in one set of five):
+
+    python benchmarks/bench_record.py --together --symbols 100 --pairs 3
+
 Each run also reports `stop_cpu_s` (the recorder's CPU from SIGTERM to its exit: the last flush of
 every buffer to Parquet, which ccxt has no counterpart for) and `steal_s` (seconds the hypervisor
 took from core 0 during the run, from /proc/stat: a run that lost time to other guests reads slow).
@@ -118,30 +125,8 @@ def run(
     proc = mp.Process(target=sim_process, args=(child, symbols, events, exchange), daemon=True)
     proc.start()
     ws_url, rest_url, names = _recv(parent, None, 120.0)
-    users = names[:symbols]
     data = Path(tempfile.mkdtemp(prefix="bench-record-"))
-    cmd = [
-        "taskset",
-        "-c",
-        "0",
-        *(VALGRIND if instructions else []),
-        *os.environ.get("BENCH_RECORDER_WRAP", "").split(),
-        sys.executable,
-        "-m",
-        "recorder.cli",
-        "run",
-        exchange,
-        *users,
-        "--ws-url",
-        ws_url,
-        "--rest-url",
-        rest_url,
-        "--data-dir",
-        str(data),
-        "-q",
-    ]
-    if not raw:
-        cmd.append("--no-raw")
+    cmd = recorder_command(exchange, names[:symbols], ws_url, rest_url, data, raw, instructions)
     steal0 = steal_s()
     rec = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     spy = None
@@ -197,6 +182,33 @@ def run(
         return res
     finally:
         shutil.rmtree(data, ignore_errors=True)  # hundreds of MB per run otherwise left in /tmp
+
+
+def recorder_command(
+    exchange: str, users: list[str], ws_url: str, rest_url: str, data: Path, raw: bool, instructions: bool = False
+) -> list[str]:
+    """`recorder run` on core 0 against a simulator, as a user starts it."""
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        *(VALGRIND if instructions else []),
+        *os.environ.get("BENCH_RECORDER_WRAP", "").split(),
+        sys.executable,
+        "-m",
+        "recorder.cli",
+        "run",
+        exchange,
+        *users,
+        "--ws-url",
+        ws_url,
+        "--rest-url",
+        rest_url,
+        "--data-dir",
+        str(data),
+        "-q",
+    ]
+    return cmd if raw else [*cmd, "--no-raw"]
 
 
 def wait_idle(pid: int, limit: float = 900.0) -> None:
@@ -366,7 +378,8 @@ def ccxt_client(ws_url: str, rest_url: str, ids: list[str]) -> None:
     def report(stop: threading.Event) -> None:
         # a thread: ccxt drains a backlog in one long callback, during which the loop would stall
         while not stop.is_set():
-            print(json.dumps(st), flush=True)
+            # wall time and the process's CPU (every thread): --together takes a window of them
+            print(json.dumps({**st, "at": time.time(), "cpu": time.process_time()}), flush=True)
             time.sleep(0.2)
 
     async def main() -> None:
@@ -416,6 +429,7 @@ class _Lines:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.latest: dict = {}
+        self.history: list[dict] = []  # every line, in order
         self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self.thread.start()
 
@@ -423,6 +437,7 @@ class _Lines:
         for line in proc.stdout:
             with contextlib.suppress(ValueError):
                 self.latest = json.loads(line)
+                self.history.append(self.latest)
 
 
 def run_ccxt(symbols: int, events: int, python: str) -> dict:
@@ -436,9 +451,8 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
     sim = mp.Process(target=sim_process, args=(child, symbols, events, "bitmart"), daemon=True)
     sim.start()
     ws_url, rest_url, names = _recv(parent, None, 120.0)
-    cmd = ["taskset", "-c", "0", python, __file__, "--ccxt-client", ws_url, rest_url, *names[:symbols]]
     steal0 = steal_s()
-    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(ccxt_command(python, ws_url, rest_url, names[:symbols]), stdout=subprocess.PIPE, text=True)
     lines = _Lines(client)
     try:
         last_bytes, last_handled, still, started = -1, -1, 0.0, time.monotonic()
@@ -503,6 +517,183 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
         "peak_rss_mb": rss,
         "steal_s": round(steal, 2),
     }
+
+
+def ccxt_command(python: str, ws_url: str, rest_url: str, ids: list[str]) -> list[str]:
+    return ["taskset", "-c", "0", python, __file__, "--ccxt-client", ws_url, rest_url, *ids]
+
+
+def _latest(conn, proc: subprocess.Popen) -> Any:
+    """A simulator's newest report: waits for one, then takes whatever else is queued."""
+    msg = _recv(conn, proc)
+    while conn.poll(0):
+        msg = conn.recv()
+    return msg
+
+
+SETTLE_S = 1.0  # --together: the window starts this long after the recorder has data (its start-up's tail)
+CCXT_LEAD = 0.4  # --together: the recorder starts once ccxt has handled this share of `events` messages
+
+
+def run_together(symbols: int, events: int, raw: bool, python: str) -> dict:
+    """The recorder and ccxt.pro's client at the same time, both on core 0, each with its own
+    simulator (same seed and tape) on core 1: one host, one moment, so the ratio does not move with
+    the host's load between two runs (the sequential pairs: 3.2-6.4x in one set of five).
+
+    ccxt starts first: its first ~160k messages cost it ~20 % more CPU each than the rest (62-78 µs
+    against 51-55 at 100 symbols, alone), so the recorder starts once ccxt has handled CCXT_LEAD x
+    events messages, and both are compared in their steady state. The window: from SETTLE_S after
+    the recorder has data until its simulator has sent its last byte (ccxt, ~5x slower, is still
+    mid-tape). In it, each side's CPU a message: the recorder's messages stored with a receive time
+    in the window and its CPU from /proc at both ends; ccxt's data frames handled and its own CPU time
+    from its report lines, at their wall times. Both compete for the core, so each rate is its
+    share's; the CPU a message is what one message costs each, on the same host in the same seconds:
+    the ratio to judge a change by. The recorder's whole tape is then checked for zero loss as in a
+    lone run."""
+    compile_package()
+    sims = []
+    for _ in range(2):
+        parent, child = mp.Pipe()
+        proc = mp.Process(target=sim_process, args=(child, symbols, events, "bitmart"), daemon=True)
+        proc.start()
+        sims.append((proc, parent))
+    (_, conn_a), (_, conn_b) = sims
+    ws_a, rest_a, names = _recv(conn_a, None, 120.0)
+    ws_b, rest_b, _ = _recv(conn_b, None, 120.0)
+    data = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    client = subprocess.Popen(
+        ccxt_command(python, ws_b, rest_b, names[:symbols]), stdout=subprocess.PIPE, text=True
+    )
+    lines = _Lines(client)
+    rec = None
+    polls: list[tuple[float, float, int]] = []  # (wall time, recorder CPU s, recorder's simulator bytes sent)
+    try:
+        started = time.monotonic()
+        while lines.latest.get("depth", 0) + lines.latest.get("trade_frames", 0) < CCXT_LEAD * events:
+            _latest(conn_a, client)  # both simulators report every 0.2 s: read, or they block
+            _latest(conn_b, client)
+            if client.poll() is not None:
+                raise SystemExit(f"the ccxt client exited ({client.returncode}): benchmark run failed")
+            if time.monotonic() - started > 600:
+                raise SystemExit("ccxt did not reach its lead in 600 s: benchmark run failed")
+        rec = subprocess.Popen(
+            recorder_command("bitmart", names[:symbols], ws_a, rest_a, data, raw), stderr=subprocess.PIPE, text=True
+        )
+        still, started = 0.0, time.monotonic()
+        while True:
+            sent_a = _latest(conn_a, rec)[1]
+            _latest(conn_b, client)
+            polls.append((time.time(), proc_cpu_rss(rec.pid)[0], sent_a))
+            for who, p in (("recorder", rec), ("ccxt client", client)):
+                if p.poll() is not None:
+                    raise SystemExit(f"the {who} exited ({p.returncode}) mid-run: benchmark run failed")
+            if len(polls) > 1 and sent_a == polls[-2][2] and sent_a > 0:
+                still += 0.2
+                if still >= 2.0:
+                    break
+            else:
+                still = 0.0
+            if time.monotonic() - started > 900:
+                raise SystemExit("the recorder's tape took over 900 s: benchmark run failed")
+        rec.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(rec.pid, 0)
+        rec.returncode = os.waitstatus_to_exitcode(status)
+        client.send_signal(signal.SIGTERM)
+        client.wait(30)
+        lines.thread.join(5)
+        reports = []
+        for _, conn in sims:
+            conn.send("report")
+            while not isinstance(msg := _recv(conn, None), dict):
+                pass
+            reports.append(msg)
+        err = rec.stderr.read()
+        if rec.returncode != 0:
+            raise SystemExit(f"recorder failed: {err}")
+        return _together_figures(data, polls, lines.history, reports[0], usage, symbols, raw)
+    finally:
+        for p in (rec, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+        for proc, _ in sims:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _together_figures(
+    data: Path, polls: list[tuple[float, float, int]], ccxt_lines: list[dict], sent: dict, usage, symbols: int, raw: bool
+) -> dict:
+    import recorder
+
+    def handled(line: dict) -> int:
+        return line.get("depth", 0) + line.get("trade_frames", 0)
+
+    flowing = [ln for ln in ccxt_lines if handled(ln) > 0 and "at" in ln]
+    first_data = next((w for w, _, b in polls if b > 0), None)
+    if not flowing or first_data is None:
+        raise SystemExit("--together: one side never had data: benchmark run failed")
+    t0 = first_data + SETTLE_S  # ccxt has been flowing for a while (CCXT_LEAD)
+    # the recorder's window ends at the last poll before its simulator's bytes stopped moving
+    last_moving = max(i for i in range(1, len(polls)) if polls[i][2] != polls[i - 1][2])
+    inside = [p for p in polls[:last_moving] if p[0] >= t0]
+    if len(inside) < 6:
+        raise SystemExit("--together: the window is under a second (too few events for both to have data)")
+    (w0, cpu0, _), (w1, cpu1, _) = inside[0], inside[-1]
+    c = [ln for ln in flowing if w0 <= ln["at"] <= w1]
+    if len(c) < 2 or handled(c[-1]) == handled(c[0]):
+        raise SystemExit("--together: ccxt handled nothing in the window (its reader stalled): no figure")
+    tail = [ln for ln in c if ln["at"] >= c[-1]["at"] - 1.0]
+    if handled(tail[-1]) == handled(tail[0]):  # its tape ran out (or it stalled) before the window's end
+        raise SystemExit("--together: ccxt stopped before the recorder's tape ended (raise --events): no figure")
+    con = recorder.connect(data)
+    lo, hi = int(w0 * 1e6), int(w1 * 1e6)
+    rec_msgs = con.execute(
+        "select (select count(distinct (symbol, recv_ts, seq)) from book_updates where epoch_us(recv_ts) between ? and ?)"
+        " + (select count(distinct (symbol, recv_ts)) from trades where epoch_us(recv_ts) between ? and ?)",
+        [lo, hi, lo, hi],
+    ).fetchone()[0]
+    whole = measure(data, sent, usage, symbols, raw)
+    ccxt_msgs, ccxt_cpu, ccxt_s = handled(c[-1]) - handled(c[0]), c[-1]["cpu"] - c[0]["cpu"], c[-1]["at"] - c[0]["at"]
+    rec_us, ccxt_us = (cpu1 - cpu0) / rec_msgs * 1e6, ccxt_cpu / ccxt_msgs * 1e6
+    return {
+        "mode": "together",
+        "symbols": symbols,
+        "window_s": round(w1 - w0, 2),
+        "recorder": {
+            "messages": rec_msgs,
+            "msg_per_s": round(rec_msgs / (w1 - w0)),
+            "cpu_us_per_msg": round(rec_us, 2),
+            "core_share": round((cpu1 - cpu0) / (w1 - w0), 2),
+        },
+        "ccxt": {
+            "messages": ccxt_msgs,
+            "msg_per_s": round(ccxt_msgs / ccxt_s),
+            "cpu_us_per_msg": round(ccxt_us, 2),
+            "core_share": round(ccxt_cpu / ccxt_s, 2),
+            "client": c[-1].get("versions"),
+        },
+        "ratio_cpu": round(ccxt_us / rec_us, 2),  # ccxt's CPU a message over the recorder's
+        "ratio_rate": round((rec_msgs / (w1 - w0)) / (ccxt_msgs / ccxt_s), 2),
+        "recorder_whole_tape": {k: whole[k] for k in ("messages_stored", "trades_sent", "trades_stored", "zero_loss")},
+        "machine": whole["machine"],
+    }
+
+
+def together_table(r: dict) -> str:
+    rec, cc = r["recorder"], r["ccxt"]
+    out = [f"together, {r['symbols']} symbol(s), window {r['window_s']} s{'':4}{'recorder':>12}{'ccxt.pro':>12}"]
+    for label, key in (("CPU µs per message", "cpu_us_per_msg"), ("messages/s (its share)", "msg_per_s"),
+                       ("share of core 0", "core_share"), ("messages in the window", "messages")):  # fmt: skip
+        out.append(f"{label:40}{rec[key]:>12}{cc[key]:>12}")
+    whole = r["recorder_whole_tape"]
+    loss = "0 lost" if whole["zero_loss"] else "LOSS OR GAPS"
+    out.append(
+        f"ratio: ccxt spends {r['ratio_cpu']:.2f}x the recorder's CPU a message (rates in the window "
+        f"{r['ratio_rate']:.2f}x); recorder's whole tape: {whole['trades_stored']}/{whole['trades_sent']} trades, {loss}"
+    )
+    return "\n".join(out)
 
 
 def steal_s(core: int = 0) -> float:
@@ -600,6 +791,35 @@ def summary(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def together(a: argparse.Namespace) -> None:
+    runs = []
+    for i in range(a.pairs):
+        r = run_together(a.symbols, a.events, not a.no_raw, a.ccxt_python)
+        runs.append(r)
+        if a.pairs > 1:
+            print(f"run {i + 1} of {a.pairs}:")
+        print(json.dumps(r, indent=2))
+        print(together_table(r))
+    out: dict = runs[0]
+    if a.pairs > 1:
+        med = {
+            "ratio_cpu": statistics.median(r["ratio_cpu"] for r in runs),
+            "ratio_rate": statistics.median(r["ratio_rate"] for r in runs),
+            "recorder_cpu_us_per_msg": statistics.median(r["recorder"]["cpu_us_per_msg"] for r in runs),
+            "ccxt_cpu_us_per_msg": statistics.median(r["ccxt"]["cpu_us_per_msg"] for r in runs),
+            "zero_loss_in_every_run": all(r["recorder_whole_tape"]["zero_loss"] for r in runs),
+        }
+        out = {"runs": runs, "medians": med}
+        ratios = ", ".join(f"{r['ratio_cpu']:.2f}" for r in runs)
+        print(
+            f"medians of {len(runs)} together: recorder {med['recorder_cpu_us_per_msg']:.2f} µs a message, ccxt.pro "
+            f"{med['ccxt_cpu_us_per_msg']:.2f}; ccxt/recorder CPU a message {med['ratio_cpu']:.2f}x ({ratios}); "
+            f"rates {med['ratio_rate']:.2f}x; {'0 lost, 0 gaps' if med['zero_loss_in_every_run'] else 'LOSS OR GAPS'}"
+        )
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"record-together-{a.symbols}sym{'-noraw' if a.no_raw else ''}.json").write_text(json.dumps(out, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
@@ -629,6 +849,12 @@ def main() -> None:
         help="run the recorder and ccxt.pro this many times, alternately, and print the medians: one "
         "run's ratio moves with the host's load at the moment each side runs (2.9-5.0x seen in six runs)",
     )
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="run the recorder and ccxt.pro at the same time on core 0 and compare their CPU a message in "
+        "the same seconds (spot only): the ratio the host's load does not move",
+    )
     ap.add_argument("--ccxt-client", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ccxt_client:
@@ -636,6 +862,11 @@ def main() -> None:
         return
     if a.pairs < 1:
         raise SystemExit("--pairs must be 1 or more")
+    if a.together:
+        if a.exchange != "bitmart" or a.no_ccxt or a.instructions or a.profile:
+            raise SystemExit("--together is BitMart spot against ccxt.pro: no --exchange, --no-ccxt, --instructions or --profile")
+        together(a)
+        return
     if a.pairs > 1 and a.profile:
         raise SystemExit("--profile takes one run: each run of --pairs would overwrite the last one's stacks")
     with_ccxt = not a.no_ccxt and not a.instructions and a.exchange == "bitmart"
