@@ -636,7 +636,7 @@ def _together_figures(
         raise SystemExit("--together: one side never had data: benchmark run failed")
     t0 = first_data + SETTLE_S  # ccxt has been flowing for a while (CCXT_LEAD)
     # the recorder's window ends at the last poll before its simulator's bytes stopped moving
-    last_moving = max(i for i in range(1, len(polls)) if polls[i][2] != polls[i - 1][2])
+    last_moving = max((i for i in range(1, len(polls)) if polls[i][2] != polls[i - 1][2]), default=0)
     inside = [p for p in polls[:last_moving] if p[0] >= t0]
     if len(inside) < 6:
         raise SystemExit("--together: the window is under a second (too few events for both to have data)")
