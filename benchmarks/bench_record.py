@@ -157,12 +157,7 @@ def run(
     rec.send_signal(signal.SIGTERM)  # stop the recorder first: the simulator closing would log disconnects
     _, status, usage = os.wait4(rec.pid, 0)
     rec.returncode = os.waitstatus_to_exitcode(status)
-    parent.send("report")
-    while True:
-        msg = _recv(parent, rec)
-        if isinstance(msg, dict):
-            sent = msg
-            break
+    sent = _final_report(parent, rec)
     err = rec.stderr.read()
     if spy is not None:
         spy.wait(30)
@@ -222,6 +217,15 @@ def wait_idle(pid: int, limit: float = 900.0) -> None:
         if now - cpu < 0.05:
             return
         cpu = now
+
+
+def _final_report(conn, proc: subprocess.Popen | None) -> dict:
+    """What a simulator sent in all (frames, trades, ...), asked for once the run is over (progress
+    reports still queued are passed over)."""
+    conn.send("report")
+    while not isinstance(msg := _recv(conn, proc), dict):
+        pass
+    return msg
 
 
 def _recv(parent, rec: subprocess.Popen | None, timeout: float = 30.0):
@@ -480,12 +484,7 @@ def run_ccxt(symbols: int, events: int, python: str) -> dict:
         st = lines.latest
         if not st.get("final"):
             raise SystemExit("the ccxt client sent no final report: benchmark run failed")
-        parent.send("report")
-        while True:
-            msg = _recv(parent, None)
-            if isinstance(msg, dict):
-                sent = msg
-                break
+        sent = _final_report(parent, None)
     finally:
         if client.poll() is None:
             client.kill()
@@ -601,12 +600,7 @@ def run_together(symbols: int, events: int, raw: bool, python: str) -> dict:
         client.send_signal(signal.SIGTERM)
         client.wait(30)
         lines.thread.join(5)
-        reports = []
-        for _, conn in sims:
-            conn.send("report")
-            while not isinstance(msg := _recv(conn, None), dict):
-                pass
-            reports.append(msg)
+        reports = [_final_report(conn, None) for _, conn in sims]
         err = rec.stderr.read()
         if rec.returncode != 0:
             raise SystemExit(f"recorder failed: {err}")
