@@ -29,7 +29,7 @@ recorder has read what the sockets held. Its rates and times are valgrind's: onl
 anything. `python benchmarks/bench_record.py --instructions --events 100000` takes ~2 min.
 
 `--together` runs both at the same time on core 0 (each with its own simulator on core 1), ccxt first
-until it is past its costlier first ~40 % of the tape, and compares their CPU a message in the same
+until it is past its costlier first half of the tape, and compares their CPU a message in the same
 seconds: the host's load moves both alike, so the ratio holds within a few per cent from run to run
 (the sequential pairs' ratio moved 3.2-6.4x in one set of five):
 
@@ -531,7 +531,7 @@ def _latest(conn, proc: subprocess.Popen) -> Any:
 
 
 SETTLE_S = 1.0  # --together: the window starts this long after the recorder has data (its start-up's tail)
-CCXT_LEAD = 0.4  # --together: the recorder starts once ccxt has handled this share of `events` messages
+CCXT_LEAD = 0.5  # --together: the recorder starts once ccxt has handled this share of `events` messages
 
 
 def run_together(symbols: int, events: int, raw: bool, python: str) -> dict:
@@ -539,7 +539,7 @@ def run_together(symbols: int, events: int, raw: bool, python: str) -> dict:
     simulator (same seed and tape) on core 1: one host, one moment, so the ratio does not move with
     the host's load between two runs (the sequential pairs: 3.2-6.4x in one set of five).
 
-    ccxt starts first: its first ~160k messages cost it ~20 % more CPU each than the rest (62-78 µs
+    ccxt starts first: its first ~180k messages cost it ~25 % more CPU each than the rest (62-79 µs
     against 51-55 at 100 symbols, alone), so the recorder starts once ccxt has handled CCXT_LEAD x
     events messages, and both are compared in their steady state. The window: from SETTLE_S after
     the recorder has data until its simulator has sent its last byte (ccxt, ~5x slower, is still
