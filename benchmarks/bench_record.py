@@ -29,8 +29,8 @@ recorder has read what the sockets held. Its rates and times are valgrind's: onl
 anything. `python benchmarks/bench_record.py --instructions --events 100000` takes ~2 min.
 
 `--together` runs both at the same time on core 0 (each with its own simulator on core 1), ccxt first
-until it is past its costlier first half of the tape, and compares their CPU a message in the same
-seconds: the host's load moves both alike, so the ratio holds within a few per cent from run to run
+until it has handled half the tape (past its costlier start), and compares their CPU a message in the
+same seconds: the host's load moves both alike, so the ratio holds within 2-10 % across a set of runs
 (the sequential pairs' ratio moved 3.2-6.4x in one set of five):
 
     python benchmarks/bench_record.py --together --symbols 100 --pairs 3
