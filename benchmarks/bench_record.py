@@ -238,6 +238,16 @@ def _recv(parent, rec: subprocess.Popen | None, timeout: float = 30.0):
     return parent.recv()
 
 
+def stored_messages(con, lo_us: float | None = None, hi_us: float | None = None) -> int:
+    """Messages stored (received between `lo_us` and `hi_us`, µs, if given): a depth message's rows
+    share (symbol, recv_ts, seq), a trade message's (symbol, recv_ts)."""
+    where = "" if lo_us is None else f" where epoch_us(recv_ts) between {int(lo_us)} and {int(hi_us)}"
+    return con.execute(
+        f"select (select count(distinct (symbol, recv_ts, seq)) from book_updates{where})"
+        f" + (select count(distinct (symbol, recv_ts)) from trades{where})"
+    ).fetchone()[0]
+
+
 def measure(
     data: Path, sent: dict, usage, symbols: int, raw: bool, exchange: str = "bitmart", startup_cpu: float = 0.0
 ) -> dict:
@@ -245,18 +255,14 @@ def measure(
 
     con = recorder.connect(data)
     trades = con.execute("select count(*) from trades").fetchone()[0]
-    depth_msgs, t0, t1 = con.execute(
-        "select count(distinct (symbol, recv_ts, seq)), min(recv_ts), max(recv_ts) from book_updates"
-    ).fetchone()
-    trade_msgs, tt0, tt1 = con.execute(
-        "select count(distinct (symbol, recv_ts)), min(recv_ts), max(recv_ts) from trades"
+    start, end = con.execute(
+        "select min(recv_ts), max(recv_ts) from (select recv_ts from book_updates union all select recv_ts from trades)"
     ).fetchone()
     gaps = con.execute(
         "select count(*) from events where event in ('gap', 'error', 'disconnect')"
     ).fetchone()[0]
-    start, end = min(t0, tt0), max(t1, tt1)
     seconds = (end - start).total_seconds()
-    msgs = depth_msgs + trade_msgs
+    msgs = stored_messages(con)
     cpu = usage.ru_utime + usage.ru_stime
     lost = sent["trades"] - trades
     extra = {}
@@ -641,13 +647,7 @@ def _together_figures(
     tail = [ln for ln in c if ln["at"] >= c[-1]["at"] - 1.0]
     if handled(tail[-1]) == handled(tail[0]):  # its tape ran out (or it stalled) before the window's end
         raise SystemExit("--together: ccxt stopped before the recorder's tape ended (raise --events): no figure")
-    con = recorder.connect(data)
-    lo, hi = int(w0 * 1e6), int(w1 * 1e6)
-    rec_msgs = con.execute(
-        "select (select count(distinct (symbol, recv_ts, seq)) from book_updates where epoch_us(recv_ts) between ? and ?)"
-        " + (select count(distinct (symbol, recv_ts)) from trades where epoch_us(recv_ts) between ? and ?)",
-        [lo, hi, lo, hi],
-    ).fetchone()[0]
+    rec_msgs = stored_messages(recorder.connect(data), w0 * 1e6, w1 * 1e6)
     whole = measure(data, sent, usage, symbols, raw)
     ccxt_msgs, ccxt_cpu, ccxt_s = handled(c[-1]) - handled(c[0]), c[-1]["cpu"] - c[0]["cpu"], c[-1]["at"] - c[0]["at"]
     rec_us, ccxt_us = (cpu1 - cpu0) / rec_msgs * 1e6, ccxt_cpu / ccxt_msgs * 1e6

@@ -13,10 +13,23 @@ from recorder.venues.contract import Instrument, Venue, VenueError
 MAX_MARKET_PAGES = 100  # a paging market list longer than this is a misbehaving server
 
 
+# quote assets a symbol written without its separator (`BTCUSDT`) most likely ends in: for the error's
+# hint only, never to read a symbol (longest first: BTCTUSD is BTC-TUSD before BTCT-USD)
+_COMMON_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "DAI", "BTC", "ETH", "BNB", "TRY")
+
+
+def _form_error(symbol: str, meant: list[str]) -> RecorderError:
+    hint = f"; did you mean {', '.join(meant)}?" if meant else ""
+    return RecorderError(f"symbol {symbol!r} is not of the form BASE-QUOTE (e.g. BTC-USDT){hint}")
+
+
 def normalize(symbol: str) -> str:
+    """`BASE-QUOTE`, upper case, from any case and `/` or `_` as the separator. Anything else is
+    refused; without a separator (`BTCUSDT`) the error guesses the split at a common quote asset."""
     s = symbol.strip().upper().replace("/", "-").replace("_", "-")
     if s.count("-") != 1 or not all(s.split("-")):
-        raise RecorderError(f"symbol {symbol!r} is not of the form BASE-QUOTE (e.g. BTC-USDT)")
+        guess = next((q for q in _COMMON_QUOTES if s.isalnum() and s.endswith(q) and len(s) > len(q)), None)
+        raise _form_error(symbol, [f"{s[: -len(guess)]}-{guess}"] if guess else [])
     return s
 
 
@@ -28,11 +41,9 @@ def resolve(requested: list[str], instruments: list[Instrument], exchange: str) 
     for raw in requested:
         try:
             user = normalize(raw)
-        except RecorderError as exc:
-            meant = _written_without_separator(raw, instruments)
-            if meant:
-                raise RecorderError(f"{exc}; did you mean {', '.join(meant)}?") from None
-            raise
+        except RecorderError:
+            # the venue's own markets it spells, not normalize's guess (none: the venue has no such market)
+            raise _form_error(raw, _written_without_separator(raw, instruments)) from None
         inst = by_symbol.get(user)
         if inst is None:
             close = difflib.get_close_matches(user, list(by_symbol), n=3, cutoff=0.6)

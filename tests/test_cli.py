@@ -250,6 +250,24 @@ def test_an_unknown_exchange_is_one_line_in_every_command(tmp_path, args):
     assert not any((tmp_path / "data").iterdir())
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("candles", "verify", "bitmart", "btcusdt", "--data-dir", "data"),
+        ("candles", "backfill", "bitmart", "BTCUSDT", "--data-dir", "data"),
+        ("candles", "watch", "bitmart_perpetual", "BTCUSDT", "--sim"),
+        ("candles", "build", "--symbol", "BtcUsdt", "--data-dir", "data"),
+    ],
+)
+def test_a_symbol_without_its_separator_gets_a_hint_in_every_command(tmp_path, args):
+    """Refused (symbols are BASE-QUOTE), with the likely split named: also where no market list is at
+    hand (`recorder run` names the venue's own markets instead: the recording tests)."""
+    (tmp_path / "data").mkdir()
+    p = run(*args, cwd=tmp_path, timeout=30)
+    assert_one_line_error(p, "is not of the form BASE-QUOTE", "did you mean BTC-USDT?")
+    assert p.returncode == 2
+
+
 def test_recorder_debug_shows_the_traceback_the_one_line_hides(tmp_path):
     assert_one_line_error(run("run", "nope", "BTC-USDT", "--sim", cwd=tmp_path), "unknown exchange")
     p = run("run", "nope", "BTC-USDT", "--sim", cwd=tmp_path, env={"RECORDER_DEBUG": "1"})
