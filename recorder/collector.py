@@ -26,13 +26,18 @@ from recorder.storage.checkpoint import RunLock, lock_stream, release, run_is_al
 from recorder.storage.layout import check_writable
 from recorder.storage.rawlog import RESERVE_BYTES, RawLog
 from recorder.storage.sink import ParquetSink, recover
-from recorder.transport import SendLimiter, get_json, new_session
+from recorder.transport import USER_AGENT, SendLimiter, get_json, new_session
 from recorder.transport.connection import WATCHDOG_TICK, Connection
+from recorder.transport.websocket import WebSocketError, connect
 from recorder.venues.contract import Instrument, RestPoll, Resync
 
 __all__ = ["STALE", "Collector", "Connection", "Dispatcher", "Options", "Stream", "Topic", "Unwritten", "now_us"]
 
 log = logging.getLogger("recorder")
+
+
+def _ignore(*_: object) -> None:
+    pass
 
 
 @dataclass
@@ -231,10 +236,12 @@ class Collector:
         """Fail at start-up, not in a reconnect loop, when the websocket endpoint is unreachable."""
         await self.connect_limiter.acquire()  # a connection attempt like any other: within the budget
         try:
-            async with self.session.ws_connect(self.ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)):
-                pass
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise RecorderError(f"cannot reach websocket {self.ws_url} ({type(exc).__name__}: {exc})") from None
+            ws = await connect(self.ws_url, _ignore, _ignore, self.venue.limits.max_frame_bytes, {"User-Agent": USER_AGENT})
+        except (WebSocketError, TimeoutError, OSError) as exc:
+            why = str(exc) if isinstance(exc, WebSocketError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise RecorderError(f"cannot reach websocket {self.ws_url} ({why})") from None
+        ws.start()  # so that the server's CLOSE is read: the close handshake ends at once
+        await ws.close()
 
     def _raw_header(self, group: list[Topic]) -> dict:
         """Everything a replay needs to re-derive this connection's rows on its own (format 2)."""

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from recorder.model import CONNECT, DISCONNECT, ERROR, Cause
 from recorder.session.deadlines import Deadlines, ResyncBackoff
 from recorder.session.dispatcher import STALE, Dispatcher, Refused
 from recorder.session.stream import now_us
+from recorder.transport.http import USER_AGENT
 from recorder.transport.limits import SendLimiter, backoff_delay
+from recorder.transport.websocket import WebSocket, WebSocketError, connect
 from recorder.venues.contract import Intent, Reconnect, Report, Resync, Subscribe
 
 if TYPE_CHECKING:
@@ -69,17 +69,6 @@ class SilenceWatch:
         return DEAD if now - self.probe_at > self.opt.probe_timeout else None
 
 
-class SocketFault(aiohttp.ClientError):
-    """The websocket layer gave up on the connection; the message says why, in words."""
-
-
-def describe_ws_error(exc: BaseException | None, max_frame_bytes: int) -> str:
-    """The `disconnect` detail for a websocket-level error (an oversized frame names the limit)."""
-    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-        return f"frame too large (limit {max_frame_bytes:,} bytes): {exc}; socket closed (code 1009)"
-    return f"websocket error: {exc!r}" if exc is not None else "websocket error (no detail from aiohttp)"
-
-
 @dataclass
 class Connection:
     """One live websocket carrying up to the venue's per-connection topic limit."""
@@ -87,7 +76,7 @@ class Connection:
     collector: Collector
     dispatcher: Dispatcher
     index: int
-    ws: aiohttp.ClientWebSocketResponse | None = None
+    ws: WebSocket | None = None
     limiter: SendLimiter = field(init=False)
     deadlines: Deadlines = field(init=False)
     last_recv: float = 0.0  # monotonic time of the watchdog tick that last saw a new frame
@@ -110,7 +99,7 @@ class Connection:
             policy = replace(policy, timeout=opt.resync_timeout, max_wait=max(policy.max_wait, opt.resync_timeout))
         self.deadlines = Deadlines(self.topics, policy, opt.ack_timeout, opt.refused_retry)
 
-    async def send(self, text: str, urgent: bool = False, ws: aiohttp.ClientWebSocketResponse | None = None) -> None:
+    async def send(self, text: str, urgent: bool = False, ws: WebSocket | None = None) -> None:
         """Send within the budget; with `ws`, only on that socket (a send queued for a socket that
         has since been replaced is dropped: the new one subscribes afresh)."""
         await self.limiter.acquire(urgent)
@@ -119,7 +108,7 @@ class Connection:
                 self.dispatcher.rawlog.sent(now_us(), text)
             await self.ws.send_str(text)
 
-    async def _send_all(self, texts: list[str], ws: aiohttp.ClientWebSocketResponse | None, topic: str | None = None) -> None:
+    async def _send_all(self, texts: list[str], ws: WebSocket | None, topic: str | None = None) -> None:
         try:
             for text in texts:  # in order: a venue's resync may be two messages (unsubscribe, subscribe)
                 await self.send(text, ws=ws)
@@ -127,7 +116,7 @@ class Connection:
             if topic is not None:
                 self._resyncing.discard(topic)
 
-    async def _resync(self, i: Resync, ws: aiohttp.ClientWebSocketResponse | None, delay: float) -> None:
+    async def _resync(self, i: Resync, ws: WebSocket | None, delay: float) -> None:
         if delay:
             log.warning("connection %d: %s resynced again and again: next resync in %g s", self.index, i.topic, delay)
             try:
@@ -168,24 +157,19 @@ class Connection:
         c, d = self.collector, self.dispatcher
         attempt = 0
         while not c.stopping.is_set():
+            ws = None
             try:
                 await c.connect_limiter.acquire()
-                async with c.session.ws_connect(
-                    c.ws_url,
-                    autoping=True,
-                    heartbeat=None,
-                    max_msg_size=self.venue.limits.max_frame_bytes,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                ) as ws:
-                    self.ws = ws
-                    d.event(now_us(), None, CONNECT, c.ws_url)
-                    await self._session(ws)
-                    attempt = 0 if self.frames else attempt + 1
-                    reason = self.closed_why or f"closed by server (code {ws.close_code})"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                if isinstance(exc, SocketFault):
-                    reason = str(exc)
+                ws = await connect(
+                    c.ws_url, d.frame, self._on_chunk, self.venue.limits.max_frame_bytes, {"User-Agent": USER_AGENT}
+                )
+                self.ws = ws
+                d.event(now_us(), None, CONNECT, c.ws_url)
+                await self._session(ws)
+                attempt = 0 if self.frames else attempt + 1
+                reason = self.closed_why or f"closed by server (code {ws.close_code})"
+            except (WebSocketError, TimeoutError, OSError) as exc:
+                reason = str(exc) if isinstance(exc, WebSocketError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
                 attempt += 1
             except Exception as exc:  # a bug must cost a reconnect, never the connection for good
                 log.exception("connection %d: unexpected error", self.index)
@@ -193,6 +177,8 @@ class Connection:
                 attempt += 1
             finally:
                 self.ws = None
+                if ws is not None:
+                    ws.shutdown()
             if c.stopping.is_set():
                 break
             self.reconnects += 1
@@ -201,7 +187,7 @@ class Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(c.stopping.wait(), backoff_delay(attempt))
 
-    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _session(self, ws: WebSocket) -> None:
         self.frames_before += self.frames
         self.frames, self.closed_why = 0, ""
         self.deadlines.reset()
@@ -218,28 +204,20 @@ class Connection:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        d = self.dispatcher
-        on_frame = d.frame
-        T = aiohttp.WSMsgType
-        BINARY, TEXT, ERROR, ENDS = T.BINARY, T.TEXT, T.ERROR, (T.CLOSE, T.CLOSING, T.CLOSED)
-        receive, clock = ws.receive, time.time_ns
-        while True:  # `async for msg in ws`, one coroutine a frame fewer
-            msg = await receive()
-            kind = msg.type
-            if kind is BINARY or kind is TEXT:
-                self.frames += 1
-                self.last_frame_us = recv = clock() // 1000
-                on_frame(recv, msg.data)
-                if d.intents:
-                    self.execute(d.take_intents())
-            elif kind is ERROR:
-                # aiohttp hands the error over as the message's data, not always as ws.exception()
-                raise SocketFault(describe_ws_error(msg.data or ws.exception(), self.venue.limits.max_frame_bytes))
-            elif kind in ENDS:
-                return
+    async def _receive(self, ws: WebSocket) -> None:
+        """Frames go from the socket's parser to the dispatcher (`on_frame`) and `_on_chunk`
+        without this task: it only waits for the socket's end (or the reason it was given up)."""
+        ws.start()
+        await ws.wait_closed()
 
-    async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _on_chunk(self, recv: int, frames: int) -> None:
+        """After each chunk of the socket's bytes that held `frames` whole frames."""
+        self.frames += frames
+        self.last_frame_us = recv
+        if self.dispatcher.intents:
+            self.execute(self.dispatcher.take_intents())
+
+    async def _keepalive(self, ws: WebSocket) -> None:
         """Pings, the silence watchdog, and what the deadlines say is due."""
         keep, opt = self.venue.keepalive, self.collector.options
         last_ping = time.monotonic()
@@ -266,7 +244,7 @@ class Connection:
                 if any(type(i) is Reconnect for i in due):
                     return
 
-    async def _declare_dead(self, ws: aiohttp.ClientWebSocketResponse, silent: float, rate: float) -> None:
+    async def _declare_dead(self, ws: WebSocket, silent: float, rate: float) -> None:
         """The silence verdict, on every stream of the connection. Validity ends at the last frame
         received, not now: nothing arrived since, so those seconds were never covered. The event is
         stamped back to that frame (in the raw log too, so a replay writes the same row)."""
