@@ -9,6 +9,8 @@ beside it.
 - A venue's own `recorder/venues/_<venue>.pyx` (`venue(__name__, __file__)` in the venue's module): the C
   build of its push reader, the common case of its Python `parse`, which stays the definition and
   takes everything the C build does not (README "Hot path, eighth pass").
+- `recorder/transport/_websocket.pyx`: the websocket reader's frame loop (`WebSocket._frames`, whose
+  Python stays as `WebSocket.python_frames`; README "Hot path, tenth pass").
 
 The tests run both builds and compare them.
 

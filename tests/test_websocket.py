@@ -466,28 +466,115 @@ STREAM = (
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
-def test_any_chunking_of_the_stream_gives_the_same_messages(cuts: list[int]) -> None:
-    """However TCP splits the bytes (a header, a length, a payload cut anywhere), the same
-    messages come out, in order, once each."""
-    bounds = [0, *sorted(cuts), len(STREAM)]
-    chunks = [STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+# Both builds of the frame loop: the Python definition and, where built, its C build (`_websocket.pyx`)
+BUILDS = {"python": WebSocket.python_frames}
+if wsmod._NATIVE is not None:
+    BUILDS["c"] = wsmod._NATIVE.frames
 
-    async def feed() -> tuple[list, bytes]:
+
+def test_the_c_build_is_there_where_the_readme_install_ran() -> None:
+    if not os.environ.get("CI") and "c" not in BUILDS:
+        pytest.skip("the C build of the frame loop is not built here")
+    assert "c" in BUILDS and WebSocket._frames is BUILDS["c"]
+
+
+def feed(build: str, chunks: list[bytes], limit: int = 100_000) -> tuple[list, list, bytes, str | None]:
+    """What one build makes of `chunks` fed in order as they came off a socket: the messages, how
+    many each chunk completed (their receive times checked: strictly increasing, a chunk's 1 µs
+    apart), what it wrote back (unmasked), and the error's words."""
+
+    async def run() -> tuple[list, list, bytes, str | None]:
         c = Client()
-        ws = WebSocket(c.on_frame, c.on_chunk, 100_000)
+        ws = type("W", (WebSocket,), {"_frames": BUILDS[build]})(c.on_frame, c.on_chunk, limit)
         t = _Transport()
         ws.connection_made(t)
         ws._handshake = None  # as after the 101
         ws.start()
+        sizes = []  # messages each chunk completed
         for chunk in chunks:
+            had = len(c.messages)
             ws.data_received(chunk)
-        return c.data, bytes(t.written)
+            sizes.append(len(c.messages) - had)
+        error = None
+        if ws._done.done():
+            exc = ws._done.exception()
+            error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        times, i = [t for t, _ in c.messages], 0
+        assert times == sorted(set(times)), "receive times not strictly increasing"
+        for n in sizes:  # a chunk's messages: its time, then 1 µs apart
+            assert times[i : i + n] == list(range(times[i], times[i] + n)) if n else True
+            i += n
+        assert [n for _, n in c.chunks] == [n for n in sizes if n]
+        return c.data, sizes, unmask_all(bytes(t.written)), error
 
-    data, written = asyncio.run(feed())
-    assert data == [b"aaa", "téxt more", b"b" * 300, BIG, b""]
-    assert written[0] == 0x8A and written[1] == 0x80 | 4  # the PONG, masked, to the ping's 4 bytes
+    return asyncio.run(run())
+
+
+def unmask_all(written: bytes) -> bytes:
+    """The client's frames with their random masks taken off (so two runs compare equal)."""
+    out, pos = bytearray(), 0
+    while pos < len(written):
+        b0, b1 = written[pos], written[pos + 1]
+        n, head = b1 & 0x7F, pos + 2
+        if n >= 126:
+            width = 2 if n == 126 else 8
+            n, head = int.from_bytes(written[head : head + width], "big"), head + width
+        key = written[head : head + 4]
+        out += bytes((b0,)) + n.to_bytes(8, "big") + bytes(c ^ key[i % 4] for i, c in enumerate(written[head + 4 : head + 4 + n]))
+        pos = head + 4 + n
+    return bytes(out)
+
+
+def cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    return [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_any_chunking_of_the_stream_gives_the_same_messages(cuts: list[int]) -> None:
+    """However TCP splits the bytes (a header, a length, a payload cut anywhere), the same
+    messages come out, in order, once each, from both builds."""
+    for build in BUILDS:
+        data, _, written, error = feed(build, cut(STREAM, cuts))
+        assert data == [b"aaa", "téxt more", b"b" * 300, BIG, b""], build
+        assert written == bytes((0x8A,)) + (4).to_bytes(8, "big") + b"ping" and error is None, build
+
+
+BAD = [
+    frame(2, b"m", masked=True),
+    bytes((0x82, 127)) + (2**64 - 1).to_bytes(8, "big"),
+    frame(2, b"x" * 1001),
+    frame(1, b"\xff"),
+    frame(2, b"r", rsv=2),
+    frame(0, b"c"),
+    frame(7, b""),
+    frame(1, b"a", fin=False) + frame(1, b"b"),
+    frame(2, b"a", fin=False) + frame(9, b"p") + frame(2, b"b"),
+    frame(8, (4000).to_bytes(2, "big")) + frame(2, b"never"),
+]
+_good = st.sampled_from(
+    [frame(2, b"q" * 5), frame(1, b"t"), frame(2, b"w" * 130), frame(9, b"hi"), frame(10, b""),
+     frame(2, b"f", fin=False) + frame(0, b"g"), frame(1, b"f", fin=False) + frame(9, b"") + frame(0, b"h"),
+     frame(2, b"")]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_good, max_size=6), st.sampled_from(BAD) | st.none(), st.lists(_good, max_size=3),
+       st.lists(st.integers(min_value=0), max_size=8))
+def test_both_builds_agree_on_any_stream(before: list[bytes], bad: bytes | None, after: list[bytes], cuts: list[int]) -> None:
+    """Messages, their relative receive times, the frames written back and the error, the same
+    from the C build as from the Python definition, for good and bad streams cut anywhere."""
+    if len(BUILDS) < 2:
+        pytest.skip("the C build of the frame loop is not built here")
+    stream = b"".join(before) + (bad or b"") + b"".join(after)
+    chunks = cut(stream, cuts)
+    py = feed("python", chunks, limit=1000)
+    c = feed("c", chunks, limit=1000)
+    assert c == py
+    if bad is not None and bad is not BAD[-1]:
+        assert py[3] is not None and "socket closed (code" in py[3]
 
 
 class socket_closed_port:

@@ -27,7 +27,10 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
+
+from recorder import native
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HANDSHAKE_TIMEOUT = 15.0  # seconds for TCP, TLS and the upgrade together
@@ -350,6 +353,14 @@ def _text(payload: bytes, ws: WebSocket) -> str:
     except UnicodeDecodeError as exc:
         raise WebSocketError(ws._closing(INVALID_DATA, f"a text frame that is not UTF-8 ({exc.reason})")) from None
 
+
+# The C build of `WebSocket._frames` (`_websocket.pyx`, the same steps; None: the Python alone).
+# `python_frames` stays the definition (the tests run both).
+WebSocket.python_frames = WebSocket._frames
+_NATIVE = native.load("recorder.transport._websocket", Path(__file__).with_name("_websocket.pyx"))
+if _NATIVE is not None:
+    _NATIVE.setup(WebSocketError, _text)
+    WebSocket._frames = _NATIVE.frames
 
 def _why(exc: BaseException | None) -> str:
     return f": {exc}" if exc is not None and str(exc) else ""
