@@ -20,6 +20,9 @@ from hypothesis import strategies as st
 from recorder.transport import websocket as wsmod
 from recorder.transport.websocket import WebSocket, WebSocketError, connect
 
+from .recording import wait_for
+from .test_cli import free_port  # bound, then closed: nothing listens there
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LIMIT = 1000  # max_frame_bytes in these tests
 
@@ -164,7 +167,7 @@ async def test_frames_arrive_whole_in_order_each_with_its_own_receive_time() -> 
         assert c.messages == [], "frames delivered before start()"
         t0 = time.time_ns() // 1000
         ws.start()
-        await wait_until(lambda: len(c.messages) == 4)
+        await wait_for(lambda: len(c.messages) == 4, 5, "the messages")
         assert c.data == [b"\x00" * 126, "héllo", b"", big]
         times = [t for t, _ in c.messages]
         assert times == sorted(set(times)), f"receive times not strictly increasing: {times}"
@@ -188,7 +191,7 @@ async def test_fragments_with_a_ping_between_are_one_message_and_the_ping_is_ans
     async with Server(upgrade(then)) as server:
         c = Client()
         ws = await c.open(server.url)
-        await wait_until(lambda: len(c.messages) == 2)
+        await wait_for(lambda: len(c.messages) == 2, 5, "the messages")
         assert c.data == ["fragmented ✓", b"next"]
         assert pongs == [(0xA, b"are you there")]
         await ws.close()
@@ -337,8 +340,8 @@ async def test_a_silent_server_times_the_handshake_out() -> None:
 async def test_not_a_websocket_url_and_nothing_listening() -> None:
     with pytest.raises(WebSocketError, match="not a websocket URL"):
         await Client().open("https://127.0.0.1/ws")
-    with socket_closed_port() as port, pytest.raises(OSError):
-        await Client().open(f"ws://127.0.0.1:{port}/")
+    with pytest.raises(OSError):
+        await Client().open(f"ws://127.0.0.1:{free_port()}/")
 
 
 @pytest.mark.parametrize("length", [0, 5, 125, 126, 65535, 65536])
@@ -397,7 +400,7 @@ async def test_wss_checks_the_certificate(tmp_path) -> None:
     async with Server(upgrade(then), tls=server_ctx) as server:
         c = Client()
         ws = await c.open(server.url, tls=client_ctx)
-        await wait_until(lambda: c.data == [b"secret"])
+        await wait_for(lambda: c.data == [b"secret"], 5, "the messages")
         await ws.close()
         with pytest.raises(ssl.SSLCertVerificationError):  # the system's CA store does not know this CA
             await Client().open(server.url)
@@ -421,7 +424,7 @@ async def test_an_independent_server_the_websockets_library() -> None:
         port = server.sockets[0].getsockname()[1]
         c = Client()
         ws = await c.open(f"ws://127.0.0.1:{port}/")
-        await wait_until(lambda: len(c.messages) == 2)
+        await wait_for(lambda: len(c.messages) == 2, 5, "the messages")
         await ws.send_str("from the recorder")
         await asyncio.wait_for(ws.wait_closed(), 5)
     assert c.data == [b"\x01binary", "fragmented"]
@@ -577,36 +580,13 @@ def test_both_builds_agree_on_any_stream(before: list[bytes], bad: bytes | None,
         assert py[3] is not None and "socket closed (code" in py[3]
 
 
-class socket_closed_port:
-    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        return self.port
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 async def test_every_recorded_message_keeps_a_receive_time_of_its_own(tmp_path, sim) -> None:
     """Through the whole recorder: messages that came in one read get the read's time plus 1 µs
     each, so a book message's rows are still the only rows with their (symbol, recv_ts)."""
     from recorder import connect as open_lake
     from recorder.collector import Collector
 
-    from .recording import SYMBOLS, books_valid, finish, options, start, wait_for
+    from .recording import SYMBOLS, books_valid, finish, options, start
 
     c = Collector("bitmart", list(SYMBOLS), options(tmp_path, sim))
     task = await start(c)

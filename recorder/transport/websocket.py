@@ -85,8 +85,8 @@ class WebSocket(asyncio.Protocol):
     """One client websocket. `on_frame(recv_us, data)` gets each data message (bytes for binary,
     str for text) with its receive time: the chunk's that completed it, plus 1 µs for each message
     before it in that chunk, and always after the last one's. `on_chunk(recv_us, count)` follows
-    each chunk that completed `count` > 0 of them, with the last one's time. `closed` turns True as soon as a close
-    begins (ours or the server's); `wait_closed()` returns when the socket is gone, or raises
+    each chunk that completed `count` > 0 of them, with the last one's time. `closed` turns True as
+    soon as a close begins (ours or the server's); `wait_closed()` returns when the socket is gone, or raises
     `WebSocketError` when it was given up for a protocol error (or re-raises what a callback raised).
     """
 
